@@ -1,0 +1,350 @@
+"""``triton`` backend: block-sparse flash attention driven by a block plan.
+
+Public entry: :func:`triton_attention`. The kernels are in ``triton_kernels.py``; this module
+checks inputs, picks tile sizes from a small rule table, fetches the (cached) block plans and
+launches the passes:
+
+- forward: one program per (query tile, batch*head); full key tiles unmasked, then partial tiles
+  masked from the pattern's interval codes; saves the log-sum-exp (fp32 ``[B, H, N]``);
+- backward (no atomics): dQ with one program per (query tile, batch*head) walking the
+  forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV with one program
+  per (key tile, batch*head) walking the transposed plan (the query tiles that see each key
+  tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+
+    from . import triton_kernels as _k
+
+    _TRITON_ERROR: Optional[BaseException] = None
+except Exception as exc:  # pragma: no cover - depends on the environment
+    triton = None
+    _k = None
+    _TRITON_ERROR = exc
+
+__all__ = ["PassConfig", "TileConfig", "triton_attention", "tile_config", "TILE_RULES"]
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_LOG2E = math.log2(math.e)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile table
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """Tiles of one pass: ``block_m`` query tokens x ``block_n`` key tokens, launch options."""
+
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    fwd: PassConfig
+    dkdv: PassConfig  # block_m: query tile walked in the inner loop, block_n: the key tile owned
+    dq: PassConfig
+
+
+@dataclass(frozen=True)
+class TileRule:
+    kinds: tuple[str, ...]  # pattern class names, () = any
+    max_window: Optional[int]  # only patterns whose ``window`` attribute is <= this; None = any
+    max_dim: int  # head dims up to this
+    dtypes: tuple[str, ...]  # "float16", "bfloat16", "float32"
+    fwd: tuple[int, int, int, int]  # (block_m, block_n, num_warps, num_stages)
+    dkdv: tuple[int, int, int, int]
+    dq: tuple[int, int, int, int]
+    why: str
+
+
+_HALF = ("float16", "bfloat16")
+_ALL = ("float16", "bfloat16", "float32")
+
+# First matching rule wins. Tiles are (query tokens, key tokens); "spills" below were read from
+# ptxas -v for sm_90a (triton 3.8), the 4-vs-8-warp choices avoid them.
+TILE_RULES: tuple[TileRule, ...] = (
+    TileRule(("Window",), 64, 64, _HALF, (64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 2),
+             "HWA window <= 64: 64-token tiles make every visited tile full, one tile per row"),
+    TileRule(("Slide", "Window"), None, 64, _HALF, (64, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3),
+             "1-D bands: 64-row tiles cut the wasted band corners; few tiles per row"),
+    TileRule((), None, 64, _HALF, (64, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3),
+             "2-D neighbourhoods, small heads: 64x64 tiles follow the curve's blocks more tightly"),
+    TileRule((), None, 128, _HALF, (128, 64, 8, 3), (32, 64, 4, 2), (64, 32, 4, 2),
+             "head dim 128: 128-row forward tiles feed the tensor cores; backward tiles fit registers"),
+    TileRule((), None, 256, _HALF, (64, 32, 8, 2), (32, 32, 8, 2), (32, 32, 8, 2),
+             "head dim 256: registers and shared memory limit the tiles; 8 warps avoid spills"),
+    TileRule((), None, 64, ("float32",), (32, 32, 4, 2), (32, 32, 8, 2), (32, 32, 8, 2),
+             "fp32 (exact 'ieee' dots, no tensor cores): small tiles, no spills"),
+    TileRule((), None, 128, ("float32",), (16, 32, 4, 1), (16, 32, 8, 1), (16, 16, 4, 1),
+             "fp32, head dim <= 128: smallest tiles that keep the fp32 operands in registers"),
+    TileRule((), None, 256, ("float32",), (16, 16, 4, 1), (16, 16, 8, 1), (16, 16, 8, 1),
+             "fp32, head dim <= 256: smallest tiles tl.dot allows"),
+)
+
+
+def _window_of(pattern) -> Optional[int]:
+    w = getattr(pattern, "window", None)
+    return w if isinstance(w, int) else None
+
+
+def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
+    """The table's tiles for this (pattern kind, head dim, dtype)."""
+    kind = type(pattern).__name__
+    dname = str(dtype).replace("torch.", "")
+    for r in TILE_RULES:
+        if r.kinds and kind not in r.kinds:
+            continue
+        if r.max_window is not None and (_window_of(pattern) is None
+                                         or _window_of(pattern) > r.max_window):
+            continue
+        if head_dim > r.max_dim or dname not in r.dtypes:
+            continue
+        return TileConfig(PassConfig(*r.fwd), PassConfig(*r.dkdv), PassConfig(*r.dq))
+    raise ValueError(f"no tile rule for head dim {head_dim} and dtype {dtype}")  # pragma: no cover
+
+
+def _as_tile_config(tiles, pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
+    if tiles is None:
+        return tile_config(pattern, head_dim, dtype)
+    if isinstance(tiles, TileConfig):
+        cfg = tiles
+    elif isinstance(tiles, PassConfig):
+        cfg = TileConfig(tiles, tiles, tiles)
+    elif (isinstance(tiles, Sequence) and len(tiles) == 2
+          and all(isinstance(t, int) for t in tiles)):
+        p = PassConfig(int(tiles[0]), int(tiles[1]))
+        cfg = TileConfig(p, p, p)
+    else:
+        raise ValueError(f"tiles must be None, (block_m, block_n), a PassConfig or a TileConfig, "
+                         f"got {tiles!r}")
+    for p in (cfg.fwd, cfg.dkdv, cfg.dq):
+        for t in (p.block_m, p.block_n):
+            if t < 16 or t & (t - 1):
+                raise ValueError(f"tiles must be powers of two >= 16, got {p}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Plans and codes
+# ----------------------------------------------------------------------------------------------
+
+_TRANSPOSED: "OrderedDict[int, tuple]" = OrderedDict()
+
+
+def _plan(pattern, n: int, block_m: int, block_n: int, device, transposed: bool = False):
+    from ..plan import block_plan
+
+    plan = block_plan(pattern, n, q_tile=block_m, kv_tile=block_n, device=device)
+    if not transposed:
+        return plan
+    # block_plan is cached, so ``id(plan)`` is stable; the entry keeps ``plan`` alive.
+    hit = _TRANSPOSED.get(id(plan))
+    if hit is not None and hit[0] is plan:
+        _TRANSPOSED.move_to_end(id(plan))
+        return hit[1]
+    t = plan.transposed()
+    _TRANSPOSED[id(plan)] = (plan, t)
+    while len(_TRANSPOSED) > 64:
+        _TRANSPOSED.popitem(last=False)
+    return t
+
+
+def _plan_args(plan, device):
+    fc = plan.full_counts.to(device=device, dtype=torch.int32).contiguous()
+    fi = plan.full_indices.to(device=device, dtype=torch.int32).contiguous()
+    pc = plan.partial_counts.to(device=device, dtype=torch.int32).contiguous()
+    pi = plan.partial_indices.to(device=device, dtype=torch.int32).contiguous()
+    if fi.shape != pi.shape:
+        raise ValueError("block plan: full_indices and partial_indices must have the same shape")
+    return fc, fi, pc, pi, fi.stride(0)
+
+
+def _codes(pattern, n: int, device):
+    c = pattern.codes(n, device)
+    qlo = c.qlo.to(device=device, dtype=torch.int32).contiguous()
+    qhi = c.qhi.to(device=device, dtype=torch.int32).contiguous()
+    kc = c.kcode.to(device=device, dtype=torch.int32).contiguous()
+    a = qlo.shape[0]
+    if not (1 <= a <= 3) or qlo.shape != (a, n) or qhi.shape != (a, n) or kc.shape != (a, n):
+        raise ValueError(f"pattern codes must be int32 [A, {n}] with A in 1..3, got "
+                         f"{tuple(qlo.shape)}, {tuple(qhi.shape)}, {tuple(kc.shape)}")
+    return qlo, qhi, kc, a
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _block_d(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # the precision only affects fp32 inputs
+
+
+def _strides(x: Tensor):
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+def _forward(q, k, v, pattern, scale: float, cfg: PassConfig):
+    B, H, N, D = q.shape
+    plan = _plan(pattern, N, cfg.block_m, cfg.block_n, q.device)
+    fc, fi, pc, pi, stride_plan = _plan_args(plan, q.device)
+    qlo, qhi, kc, A = _codes(pattern, N, q.device)
+    o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
+    n_tiles = triton.cdiv(N, cfg.block_m)
+    bd = _block_d(D)
+    _k._fwd_kernel[(n_tiles * B * H,)](
+        q, k, v, o, lse, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E,
+        A=A, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
+        EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
+        DOT_PREC=_dot_prec(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return o, lse
+
+
+def _backward(do, q, k, v, o, lse, pattern, scale: float, cfg: TileConfig):
+    B, H, N, D = q.shape
+    dev = q.device
+    bd = _block_d(D)
+    prec = _dot_prec(q.dtype)
+    qlo, qhi, kc, A = _codes(pattern, N, dev)
+
+    delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
+    dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
+    dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
+    dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
+
+    c = cfg.dq
+    plan = _plan(pattern, N, c.block_m, c.block_n, dev)
+    fc, fi, pc, pi, stride_plan = _plan_args(plan, dev)
+    n_tiles = triton.cdiv(N, c.block_m)
+    _k._bwd_dq_kernel[(n_tiles * B * H,)](
+        q, k, v, o, do, lse, delta, dq, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E, scale,
+        A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+        EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
+        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
+
+    c = cfg.dkdv
+    tplan = _plan(pattern, N, c.block_m, c.block_n, dev, transposed=True)
+    fc, fi, pc, pi, stride_plan = _plan_args(tplan, dev)
+    n_tiles = triton.cdiv(N, c.block_n)
+    _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
+        q, k, v, do, lse, delta, dk, dv, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E, scale,
+        A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+        EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
+        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
+    return dq, dk, dv
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pattern, scale, cfg):
+        o, lse = _forward(q, k, v, pattern, scale, cfg.fwd)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.pattern = pattern
+        ctx.scale = scale
+        ctx.cfg = cfg
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.pattern, ctx.scale, ctx.cfg)
+        return dq, dk, dv, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry
+# ----------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape [B, heads, N, D], got {list(t.shape)}")
+        if t.dtype not in _DTYPES:
+            raise ValueError(f"{name}.dtype must be one of float16, bfloat16, float32, "
+                             f"got {t.dtype}")
+    if q.shape[-2] != k.shape[-2]:
+        raise ValueError(f"q and k must have the same sequence length N, got q.shape[-2]="
+                         f"{q.shape[-2]} and k.shape[-2]={k.shape[-2]}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must have the same shape [B, heads, N, D], got q "
+                         f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, "
+                         f"{v.device}")
+    d = q.shape[-1]
+    if not 16 <= d <= 256:
+        raise ValueError(f"head dim D (q.shape[-1]) must be in 16..256 for the triton backend, "
+                         f"got {d}")
+    if q.shape[-2] < 1:
+        raise ValueError(f"sequence length N (q.shape[-2]) must be positive, got {q.shape[-2]}")
+
+
+def triton_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern,
+    scale: float,
+    *,
+    tiles: Union[None, tuple[int, int], PassConfig, TileConfig] = None,
+) -> Tensor:
+    """Block-sparse attention of ``q, k, v`` (``[B, heads, N, D]``) under ``pattern``.
+
+    Args:
+        q, k, v: same shape, dtype (float16, bfloat16 or float32) and CUDA device; any strides.
+            Head dim ``D`` in 16..256.
+        pattern: a ``hilbertattn.patterns`` pattern (provides ``codes``; planned by
+            ``hilbertattn.plan.block_plan``).
+        scale: multiplier of ``q @ k^T`` before the softmax.
+        tiles: override the tile table: ``(block_m, block_n)`` for every pass, a ``PassConfig``
+            or a ``TileConfig`` (per pass). Powers of two >= 16.
+
+    Returns:
+        ``[B, heads, N, D]`` contiguous, dtype of ``q``; differentiable w.r.t. ``q, k, v``.
+    """
+    if _TRITON_ERROR is not None:
+        raise NotImplementedError(f"the triton backend needs triton: {_TRITON_ERROR}")
+    _check(q, k, v)
+    if q.device.type != "cuda" and not _interpreting():
+        raise NotImplementedError(
+            f"the triton backend needs CUDA tensors (got device {q.device}); use "
+            f"backend='flex' or 'reference', or set TRITON_INTERPRET=1 for the slow interpreter")
+    cfg = _as_tile_config(tiles, pattern, q.shape[-1], q.dtype)
+    return _TritonAttention.apply(q, k, v, pattern, float(scale), cfg)

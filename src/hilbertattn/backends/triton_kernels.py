@@ -1,0 +1,410 @@
+"""Triton kernels of the block-sparse flash attention (``triton`` backend).
+
+Only ``@triton.jit`` code lives here; launching, tile choice and autograd are in ``triton.py``.
+
+Conventions shared by every kernel:
+- One program per (tile, batch*head), flattened into a 1-D grid ``pid = bh * n_tiles + tile`` so
+  that neighbouring tiles of one head run together and share their key/value tiles in L2.
+- ``q, k, v, o`` and their gradients are addressed through (batch, head, token, dim) strides, so
+  any strided view works; the head dim ``D`` is padded inside the kernel to ``BLOCK_D`` (a power
+  of two) with masked loads.
+- A block plan lists, per row tile, the column tiles to visit: first the *full* ones (every pair
+  attended, no mask), then the *partial* ones, whose element mask is computed here from the
+  pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
+  ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. No dense mask is ever materialized.
+- Softmax runs in base 2: scores are multiplied by ``scale * log2(e)`` and exponentiated with
+  ``exp2``. The saved log-sum-exp ``lse`` is in natural-log units (fp32 ``[B*H, N]``).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_2d(ptrs, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    """Load a [rows, cols] tile; out-of-range rows/cols read as 0 (masks only where needed)."""
+    if EVEN_ROWS:
+        if EVEN_COLS:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+    else:
+        if EVEN_COLS:
+            x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
+    if EVEN_ROWS:
+        if EVEN_COLS:
+            tl.store(ptrs, x)
+        else:
+            tl.store(ptrs, x, mask=col_ok[None, :])
+    else:
+        if EVEN_COLS:
+            tl.store(ptrs, x, mask=row_ok[:, None])
+        else:
+            tl.store(ptrs, x, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr):
+    """Per-axis query intervals [lo, hi] of the tokens ``offs``; out of range: the empty [1, 0]."""
+    lo0 = tl.load(QLO + offs, mask=ok, other=1)
+    hi0 = tl.load(QHI + offs, mask=ok, other=0)
+    lo1 = lo0
+    hi1 = hi0
+    lo2 = lo0
+    hi2 = hi0
+    if A > 1:
+        lo1 = tl.load(QLO + stride_c + offs, mask=ok, other=1)
+        hi1 = tl.load(QHI + stride_c + offs, mask=ok, other=0)
+    if A > 2:
+        lo2 = tl.load(QLO + 2 * stride_c + offs, mask=ok, other=1)
+        hi2 = tl.load(QHI + 2 * stride_c + offs, mask=ok, other=0)
+    return lo0, hi0, lo1, hi1, lo2, hi2
+
+
+@triton.jit
+def _load_key_codes(KC, stride_c, offs, ok, A: tl.constexpr):
+    """Per-axis key codes of the tokens ``offs`` (out of range: 0, excluded by the bounds mask)."""
+    c0 = tl.load(KC + offs, mask=ok, other=0)
+    c1 = c0
+    c2 = c0
+    if A > 1:
+        c1 = tl.load(KC + stride_c + offs, mask=ok, other=0)
+    if A > 2:
+        c2 = tl.load(KC + 2 * stride_c + offs, mask=ok, other=0)
+    return c0, c1, c2
+
+
+@triton.jit
+def _in_interval(lo, hi, c, KEYS_ON_ROWS: tl.constexpr):
+    if KEYS_ON_ROWS:  # [keys, queries]
+        ok = (lo[None, :] <= c[:, None]) & (c[:, None] <= hi[None, :])
+    else:  # [queries, keys]
+        ok = (lo[:, None] <= c[None, :]) & (c[None, :] <= hi[:, None])
+    return ok
+
+
+@triton.jit
+def _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, key_ok, A: tl.constexpr,
+               KEYS_ON_ROWS: tl.constexpr):
+    """Element mask of a tile: the interval test on every axis, plus the key bounds."""
+    ok = _in_interval(lo0, hi0, c0, KEYS_ON_ROWS)
+    if A > 1:
+        ok = ok & _in_interval(lo1, hi1, c1, KEYS_ON_ROWS)
+    if A > 2:
+        ok = ok & _in_interval(lo2, hi2, c2, KEYS_ON_ROWS)
+    if KEYS_ON_ROWS:
+        ok = ok & key_ok[:, None]
+    else:
+        ok = ok & key_ok[None, :]
+    return ok
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+                 lo0, hi0, lo1, hi1, lo2, hi2,
+                 stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
+                 offs_n0, offs_d,
+                 MASKED: tl.constexpr, A: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One step of the online softmax over key tile ``kv_tile``."""
+    offs_n = kv_tile * BLOCK_N + offs_n0
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if MASKED:
+        c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
+        s = tl.where(ok, s, float("-inf"))
+    elif not EVEN_N:
+        s = tl.where(n_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MASKED:
+        # A row with nothing attended so far keeps m = -inf: shift by 0 instead (no inf - inf).
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new  # full tiles come first and attend every in-range key: m_new is finite
+    alpha = tl.math.exp2(m_i - m_use)
+    p = tl.math.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
+                FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                stride_qb, stride_qh, stride_qn, stride_qd,
+                stride_kb, stride_kh, stride_kn, stride_kd,
+                stride_vb, stride_vh, stride_vn, stride_vd,
+                stride_ob, stride_oh, stride_on, stride_od,
+                stride_c, H, N, D, n_tiles, qk_scale,
+                A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    q_tile = pid % n_tiles
+    bh = pid // n_tiles
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+
+    offs_m = q_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < N
+    d_ok = offs_d < D
+    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
+                 EVEN_M, EVEN_D)
+    lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    n_full = tl.load(FULL_CNT + q_tile)
+    for t in range(0, n_full):
+        kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+                                     lo0, hi0, lo1, hi1, lo2, hi2,
+                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                     N, D, qk_scale, offs_n0, offs_d,
+                                     False, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+    n_part = tl.load(PART_CNT + q_tile)
+    for t in range(0, n_part):
+        kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+                                     lo0, hi0, lo1, hi1, lo2, hi2,
+                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                     N, D, qk_scale, offs_n0, offs_d,
+                                     True, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+
+    # Rows inside the sequence always attend at least themselves; padded rows are not stored.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    _store_2d(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
+              o.to(O.dtype.element_ty), m_ok, d_ok, EVEN_M, EVEN_D)
+    lse = (m_i + tl.math.log2(l_safe)) * LN2
+    tl.store(LSE + bh.to(tl.int64) * N + offs_m, lse, mask=m_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile,
+               c0, c1, c2,
+               stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D, qk_scale,
+               offs_m0, offs_d, n_ok,
+               MASKED: tl.constexpr, A: tl.constexpr, BLOCK_M: tl.constexpr,
+               EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Add query tile ``q_tile``'s share to dK, dV of one key tile (scores held transposed)."""
+    offs_m = q_tile * BLOCK_M + offs_m0
+    m_ok = offs_m < N
+    d_ok = offs_d < D
+    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
+                 EVEN_M, EVEN_D)
+    do = _load_2d(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, m_ok, d_ok,
+                  EVEN_M, EVEN_D)
+    # Out-of-range query rows: lse = +inf makes their probabilities exactly 0.
+    lse = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
+    delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    if MASKED:
+        lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, True)
+        p_t = tl.where(ok, p_t, 0.0)
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLO, QHI, KC,
+                     FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                     stride_qb, stride_qh, stride_qn, stride_qd,
+                     stride_kb, stride_kh, stride_kn, stride_kd,
+                     stride_vb, stride_vh, stride_vn, stride_vd,
+                     stride_dob, stride_doh, stride_don, stride_dod,
+                     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+                     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                     stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
+                     A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+                     EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dK, dV of one key tile, walking the transposed plan (the query tiles that see it)."""
+    pid = tl.program_id(0)
+    kv_tile = pid % n_tiles
+    bh = pid // n_tiles
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    DO += b * stride_dob + h * stride_doh
+    DK += b * stride_dkb + h * stride_dkh
+    DV += b * stride_dvb + h * stride_dvh
+    LSE += bh.to(tl.int64) * N
+    DELTA += bh.to(tl.int64) * N
+
+    offs_n = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    n_full = tl.load(FULL_CNT + kv_tile)
+    for t in range(0, n_full):
+        q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile, c0, c1, c2,
+                            stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D,
+                            qk_scale, offs_m0, offs_d, n_ok,
+                            False, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC)
+    n_part = tl.load(PART_CNT + kv_tile)
+    for t in range(0, n_part):
+        q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile, c0, c1, c2,
+                            stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D,
+                            qk_scale, offs_m0, offs_d, n_ok,
+                            True, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC)
+
+    dk = dk * sm_scale
+    _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+              dk.to(DK.dtype.element_ty), n_ok, d_ok, EVEN_N, EVEN_D)
+    _store_2d(DV + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+              dv.to(DV.dtype.element_ty), n_ok, d_ok, EVEN_N, EVEN_D)
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
+             lo0, hi0, lo1, hi1, lo2, hi2,
+             stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
+             offs_n0, offs_d,
+             MASKED: tl.constexpr, A: tl.constexpr, BLOCK_N: tl.constexpr,
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Add key tile ``kv_tile``'s share to dQ of one query tile."""
+    offs_n = kv_tile * BLOCK_N + offs_n0
+    n_ok = offs_n < N
+    d_ok = offs_d < D
+    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
+                 EVEN_N, EVEN_D)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
+        c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
+        p = tl.where(ok, p, 0.0)
+    elif not EVEN_N:
+        p = tl.where(n_ok[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
+                   FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                   stride_qb, stride_qh, stride_qn, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_ob, stride_oh, stride_on, stride_od,
+                   stride_dob, stride_doh, stride_don, stride_dod,
+                   stride_dqb, stride_dqh, stride_dqn, stride_dqd,
+                   stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
+                   A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+                   EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dQ of one query tile, walking the forward-shaped plan.
+
+    Runs before the dK/dV kernel: it also computes and stores ``delta = rowsum(dO * O)`` (fp32),
+    the softmax-gradient row term that the dK/dV kernel reads back.
+    """
+    pid = tl.program_id(0)
+    q_tile = pid % n_tiles
+    bh = pid // n_tiles
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+    DO += b * stride_dob + h * stride_doh
+    DQ += b * stride_dqb + h * stride_dqh
+
+    offs_m = q_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < N
+    d_ok = offs_d < D
+    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
+                 EVEN_M, EVEN_D)
+    do = _load_2d(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, m_ok, d_ok,
+                  EVEN_M, EVEN_D)
+    o = _load_2d(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, m_ok, d_ok,
+                 EVEN_M, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
+    lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
+    lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    n_full = tl.load(FULL_CNT + q_tile)
+    for t in range(0, n_full):
+        kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
+                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
+                      offs_n0, offs_d, False, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+    n_part = tl.load(PART_CNT + q_tile)
+    for t in range(0, n_part):
+        kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
+                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
+                      offs_n0, offs_d, True, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+
+    dq = dq * sm_scale
+    _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
+              dq.to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_M, EVEN_D)

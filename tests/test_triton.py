@@ -1,0 +1,219 @@
+"""The ``triton`` backend under the Triton CPU interpreter (``TRITON_INTERPRET=1``).
+
+Forward and gradients of every pattern against a float64 dense masked softmax built from
+``pattern.mask``. fp32 and fp16 only: bf16 ``tl.dot`` is wrong under the interpreter. Small
+sequences and 16/32-token tiles keep the whole file fast.
+
+``TRITON_INTERPRET`` is set only while triton is first imported and while these tests run, so
+other test modules still see the CPU behaviour of the backend (``NotImplementedError``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# Kernels (and triton's own @jit library) become interpreted functions only if TRITON_INTERPRET is
+# set when they are decorated, i.e. when triton is first imported. Set it for the import, then put
+# the variable back so that other test modules keep the CPU behaviour of the backend
+# (NotImplementedError without a GPU); the `interpreter` fixture sets it again for these tests.
+_OLD_INTERPRET = os.environ.get("TRITON_INTERPRET")
+os.environ["TRITON_INTERPRET"] = "1"
+try:
+    triton = pytest.importorskip("triton")
+    import triton.language.standard as _tl_standard
+
+    from hilbertattn.backends import triton_kernels as _kernels  # noqa: F401
+finally:
+    if _OLD_INTERPRET is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
+
+from hilbertattn.layout import Layout  # noqa: E402
+from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
+
+# False when triton was imported (by another test module) before this file could switch the
+# interpreter on: then these tests run once more in a fresh interpreter process instead.
+INTERPRETED = not any(type(f).__name__ == "JITFunction" for f in vars(_tl_standard).values()) and \
+    type(_kernels._fwd_kernel).__name__ == "InterpretedFunction"
+
+
+@pytest.fixture(autouse=True)
+def interpreter(request, monkeypatch):
+    if request.node.name != "test_in_fresh_process" and not INTERPRETED:
+        pytest.skip("triton was imported without TRITON_INTERPRET=1; see test_in_fresh_process")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_in_fresh_process():
+    if INTERPRETED:
+        pytest.skip("this process already runs the kernels under the interpreter")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+
+
+def _backend():
+    from hilbertattn.backends import triton as tb
+
+    return tb
+
+
+def reference(q, k, v, pattern, scale):
+    """float64 dense masked softmax attention from ``pattern.mask``."""
+    n = q.shape[-2]
+    i = torch.arange(n)
+    mask = pattern.mask(i[:, None], i[None, :], n)
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v.double()
+
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+
+
+def check(pattern, n, d, dtype, *, b=2, h=2, tiles=(16, 32), make=None, grad_out=None, seed=0):
+    """Run forward and backward through the backend and compare to the float64 reference."""
+    tb = _backend()
+    g = torch.Generator().manual_seed(seed)
+    if make is None:
+        q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype) for _ in range(3))
+    else:
+        q, k, v = make(g)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    scale = d**-0.5
+    out = tb.triton_attention(q, k, v, pattern, scale, tiles=tiles)
+    assert out.shape == q.shape and out.dtype == dtype
+    do = torch.randn(out.shape, generator=g).to(dtype) if grad_out is None else grad_out(g)
+    out.backward(do)
+
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = reference(q64, k64, v64, pattern, scale)
+    ref.backward(do.double())
+    tol = TOL[dtype]
+    torch.testing.assert_close(out.double(), ref.detach(), **tol)
+    for name, x, x64 in (("dq", q, q64), ("dk", k, k64), ("dv", v, v64)):
+        assert torch.isfinite(x.grad).all(), name
+        torch.testing.assert_close(x.grad.double(), x64.grad, **tol, msg=lambda m: f"{name}: {m}")
+
+
+PATTERNS = {
+    # 1-D patterns, odd N so the last tile is short
+    "window-shift": (lambda: Window(16, 5), 75),
+    "slide": (lambda: Slide(9), 70),
+    "slide-clamped": (lambda: Slide(13, clamped=True), 63),
+    # 2-D patterns on odd Hilbert grids
+    "na-dilated-7x9": (lambda: Neighborhood(Layout((7, 9)), 3, dilation=2), 63),
+    "na-10x13": (lambda: Neighborhood(Layout((10, 13)), (5, 3)), 130),
+    "swin-shift-10x13": (lambda: Window2D(Layout((10, 13)), 4, shift=2), 130),
+    # 3-D (three code axes)
+    "na-3d": (lambda: Neighborhood(Layout((3, 4, 5)), 3), 60),
+}
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+@pytest.mark.parametrize("dtype, d", [(torch.float32, 24), (torch.float16, 32)])
+def test_patterns(name, dtype, d):
+    make, n = PATTERNS[name]
+    check(make(), n, d, dtype)
+
+
+def test_head_dim_16_and_rowmajor_layout():
+    check(Neighborhood(Layout((8, 8), order="rowmajor"), 3), 64, 16, torch.float16, b=1, h=3)
+
+
+def test_large_padded_head_dim():
+    # D = 72 pads to BLOCK_D = 128 inside the kernel
+    check(Slide(7), 40, 72, torch.float32, b=1, h=1, tiles=(16, 16))
+
+
+def test_asymmetric_tiles_per_pass():
+    tb = _backend()
+    cfg = tb.TileConfig(fwd=tb.PassConfig(32, 16), dkdv=tb.PassConfig(16, 32),
+                        dq=tb.PassConfig(32, 16))
+    check(Window2D(Layout((9, 11)), 3), 99, 32, torch.float32, b=1, h=2, tiles=cfg)
+
+
+def test_default_tile_table():
+    check(Window(8), 70, 16, torch.float16, b=1, h=1, tiles=None)
+
+
+def test_strided_inputs_and_grad():
+    b, h, n, d = 2, 3, 63, 24
+
+    def make(g):
+        # [B, N, H, D] storage viewed as [B, H, N, D]; v is a slice of a wider head dim
+        q = torch.randn(b, n, h, d, generator=g).transpose(1, 2)
+        k = torch.randn(b, n, h, d, generator=g).transpose(1, 2)
+        v = torch.randn(b, h, n, 2 * d, generator=g)[..., ::2]
+        return q, k, v
+
+    def grad_out(g):
+        return torch.randn(b, n, h, d, generator=g).transpose(1, 2)
+
+    check(Neighborhood(Layout((7, 9)), 5), n, d, torch.float32, b=b, h=h, make=make,
+          grad_out=grad_out)
+
+
+def test_expanded_grad():
+    tb = _backend()
+    pattern = Slide(5)
+    q, k, v = (torch.randn(1, 2, 40, 16).requires_grad_() for _ in range(3))
+    tb.triton_attention(q, k, v, pattern, 0.25, tiles=(16, 16)).sum().backward()
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    reference(q64, k64, v64, pattern, 0.25).sum().backward()
+    for x, x64 in ((q, q64), (k, k64), (v, v64)):
+        torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_no_grad_forward():
+    tb = _backend()
+    q, k, v = (torch.randn(1, 1, 33, 16) for _ in range(3))
+    with torch.no_grad():
+        out = tb.triton_attention(q, k, v, Window(4), 0.3, tiles=(16, 16))
+    torch.testing.assert_close(out.double(), reference(q, k, v, Window(4), 0.3),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input():
+    tb = _backend()
+    pattern = Window(8)
+    q = torch.randn(1, 2, 32, 16)
+    with pytest.raises(ValueError, match="q.shape"):
+        tb.triton_attention(q, torch.randn(1, 2, 31, 16), torch.randn(1, 2, 31, 16), pattern, 1.0)
+    with pytest.raises(ValueError, match="dtype"):
+        tb.triton_attention(q, q.half(), q, pattern, 1.0)
+    with pytest.raises(ValueError, match="dtype"):
+        tb.triton_attention(q.double(), q.double(), q.double(), pattern, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        tb.triton_attention(q[0], q[0], q[0], pattern, 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        tb.triton_attention(q, q, torch.randn(1, 2, 32, 24), pattern, 1.0)
+    with pytest.raises(ValueError, match="head dim"):
+        x = torch.randn(1, 1, 32, 8)
+        tb.triton_attention(x, x, x, pattern, 1.0)
+    with pytest.raises(ValueError, match="tiles"):
+        tb.triton_attention(q, q, q, pattern, 1.0, tiles=(24, 32))
+
+
+def test_tile_table():
+    tb = _backend()
+    layout = Layout((16, 16))
+    cases = [Window(64), Window(256), Slide(169), Neighborhood(layout, 13), Window2D(layout, 8)]
+    for pattern in cases:
+        for d in (16, 24, 64, 100, 128, 256):
+            for dtype in (torch.float16, torch.bfloat16, torch.float32):
+                cfg = tb.tile_config(pattern, d, dtype)
+                for p in (cfg.fwd, cfg.dkdv, cfg.dq):
+                    for t in (p.block_m, p.block_n):
+                        assert t >= 16 and t & (t - 1) == 0
+    hwa = tb.tile_config(Window(64), 64, torch.bfloat16).fwd
+    assert (hwa.block_m, hwa.block_n) == (64, 64)  # every visited tile is full
+    for rule in tb.TILE_RULES:
+        assert rule.why
