@@ -284,6 +284,11 @@ class _TritonAttention(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 
+def available() -> bool:
+    """Whether triton imported (a GPU, or ``TRITON_INTERPRET=1``, is needed to run it)."""
+    return _TRITON_ERROR is None
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -323,6 +328,7 @@ def triton_attention(
     pattern,
     scale: float,
     *,
+    bias=None,
     tiles: Union[None, tuple[int, int], PassConfig, TileConfig] = None,
 ) -> Tensor:
     """Block-sparse attention of ``q, k, v`` (``[B, heads, N, D]``) under ``pattern``.
@@ -341,6 +347,9 @@ def triton_attention(
     """
     if _TRITON_ERROR is not None:
         raise NotImplementedError(f"the triton backend needs triton: {_TRITON_ERROR}")
+    if bias is not None:
+        raise NotImplementedError("backend='triton' does not take a relative position bias yet; "
+                                  "use backend='flex' or 'reference'")
     _check(q, k, v)
     if q.device.type != "cuda" and not _interpreting():
         raise NotImplementedError(

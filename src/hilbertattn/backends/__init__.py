@@ -1,0 +1,1 @@
+"""Backends: one function (block-sparse masked attention) computed three ways."""
