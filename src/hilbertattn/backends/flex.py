@@ -3,11 +3,13 @@
 The ``BlockMask`` is built from the plan's tile lists (full tiles skip the mask), the mask is the
 pattern's interval codes loaded from tables (cheaper in the kernel than recomputing coordinates),
 and ``flex_attention`` is compiled once and cached per configuration by ``torch.compile``.
-Forward and backward on CUDA; forward only on the CPU (PyTorch has no CPU backward for it).
+Forward and backward on CUDA; forward only on the CPU (PyTorch has no CPU backward for it), where
+it runs eagerly.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import torch
@@ -94,4 +96,10 @@ def flex_attention_forward(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, sc
             f"backward runs on CUDA only); use backend='reference' or run under torch.no_grad()")
     mask = block_mask(pattern, q.shape[-2], q.device)
     score_mod = None if bias is None else _bias_score_mod(bias)
-    return _compiled()(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)
+    # Inductor's C++ FlexAttention kernel (PyTorch 2.14) returned zero rows for some heads with
+    # multi-axis masks, at random: on the CPU run the eager version, which is exact (and holds
+    # the N x N scores, so the CPU path is for small problems and checks).
+    run = _compiled() if q.device.type == "cuda" else flex_attention
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        return run(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)

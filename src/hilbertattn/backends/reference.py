@@ -42,8 +42,10 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, scale
         t1 = min(plan.n_q_tiles, t0 + tiles_per_chunk)
         i = torch.arange(t0 * _TILE, t1 * _TILE, device=q.device).view(t1 - t0, _TILE, 1)
         j = keys[t0:t1, None, :]  # [tiles, 1, L], shared by the queries of a tile
-        allowed = (j >= 0) & (i < N) & pattern.mask(i.clamp(max=N - 1), j.clamp(min=0), N)
-        i, j = i.clamp(max=N - 1), j.clamp(min=0)
+        # Rows past N (last tile) repeat row N - 1 and are cut off below: no empty softmax rows.
+        i = i.clamp(max=N - 1)
+        allowed = (j >= 0) & pattern.mask(i, j.clamp(min=0), N)
+        j = j.clamp(min=0)
         qi = q[:, :, i[:, :, 0]].to(compute)  # [B, H, tiles, T, D]
         kj, vj = (x[:, :, j[:, 0]].to(compute) for x in (k, v))  # [B, H, tiles, L, D]
         scores = (qi @ kj.transpose(-1, -2)) * scale  # [B, H, tiles, T, L]
