@@ -164,9 +164,13 @@ class GridPattern(Pattern):
         """``(qlo, qhi, kcode)`` of grid coordinates ``x`` along ``axis``."""
         raise NotImplementedError
 
-    def axis_neighbors(self, x: Tensor, axis: int) -> Tensor:
-        """``[len(x), K]`` coordinates along ``axis`` that ``x`` attends, ``-1`` where padded."""
+    def axis_span(self, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+        """The coordinates along ``axis`` that ``x`` attends: ``first + axis_step(axis) * t`` for
+        ``0 <= t < count``; returns ``(first, count)``, each like ``x``."""
         raise NotImplementedError
+
+    def axis_step(self, axis: int) -> int:
+        return 1
 
     def mask(self, i: Tensor, j: Tensor, seq_len: int) -> Tensor:
         self.check(seq_len)
@@ -237,10 +241,12 @@ class Neighborhood(GridPattern):
         base = g * self.layout.shape[axis]  # groups never overlap: p, s + k - 1 < axis length
         return base + start, base + start + self.kernel[axis] - 1, base + p
 
-    def axis_neighbors(self, x: Tensor, axis: int) -> Tensor:
+    def axis_span(self, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
         g, _, start = self._start(x, axis)
-        t = torch.arange(self.kernel[axis], device=x.device)
-        return g[:, None] + self.dil[axis] * (start[:, None] + t)
+        return g + self.dil[axis] * start, torch.full_like(x, self.kernel[axis])
+
+    def axis_step(self, axis: int) -> int:
+        return self.dil[axis]
 
 
 @dataclass(frozen=True)
@@ -281,9 +287,9 @@ class Window2D(GridPattern):
         g = self._group(x, axis)
         return g, g, g
 
-    def axis_neighbors(self, x: Tensor, axis: int) -> Tensor:
-        w = self.size[axis]
-        first = self._group(x, axis) * w + self.offset[axis]
-        cells = first[:, None] + torch.arange(w, device=x.device)
-        return torch.where((cells >= 0) & (cells < self.layout.shape[axis]), cells, -1)
+    def axis_span(self, x: Tensor, axis: int) -> tuple[Tensor, Tensor]:
+        start = self._group(x, axis) * self.size[axis] + self.offset[axis]
+        first = start.clamp(min=0)
+        last = (start + self.size[axis] - 1).clamp(max=self.layout.shape[axis] - 1)
+        return first, last - first + 1
 

@@ -5,10 +5,10 @@ A plan is built from the pattern's geometry, never from the N x N mask:
 - 1-D patterns (``Window``, ``Slide``) attend a range ``[lo(i), hi(i)]`` non-decreasing in ``i``,
   so a query tile ``[i0, i1)`` needs the keys ``[lo(i0), hi(i1 - 1)]`` and every one of its
   queries attends ``[lo(i1 - 1), hi(i0)]``: tiles inside the second range are full.
-- Grid patterns (``Neighborhood``, ``Window2D``) list each query's neighbours per axis; the
-  cells of their product are mapped to sequence positions through the layout and counted per
-  (query tile, key tile). A pair is full iff its count is ``|query tile| x |key tile|``. This is
-  O(N x keys per query) work in chunks, on the plan's device.
+- Grid patterns (``Neighborhood``, ``Window2D``) attend a box of cells per query; the number of
+  attended pairs per (query tile, key tile) is counted with difference arrays over each query
+  tile's region (see ``_grid_pairs``). A tile is full iff its count is
+  ``|query tile| x |key tile|``.
 """
 
 from __future__ import annotations
@@ -154,41 +154,84 @@ def _sequence_pairs(pattern: SequencePattern, seq_len: int, q_tile: int, kv_tile
     return rows[valid], cols[valid], full[valid]
 
 
+def _strided_cumsum(x: Tensor, dim: int, step: int) -> Tensor:
+    """Cumulative sum along ``dim`` within each residue class mod ``step``."""
+    if step == 1:
+        return x.cumsum(dim)
+    length = x.shape[dim]
+    pad = -length % step
+    x = torch.nn.functional.pad(x.movedim(dim, -1), (0, pad))
+    x = x.unflatten(-1, (-1, step)).cumsum(-2).flatten(-2)[..., :length]
+    return x.movedim(-1, dim)
+
+
 def _grid_pairs(pattern: GridPattern, seq_len: int, q_tile: int, kv_tile: int,
-                device: torch.device, chunk_entries: int = 1 << 24):
+                device: torch.device, chunk_cells: int = 1 << 23):
+    """Counts of attended pairs per (query tile, key tile) without listing the pairs.
+
+    Each query attends a box of cells (a strided interval per axis). For one query tile, adding
+    +-1 at the box corners of all its queries (a difference array over the region its boxes
+    cover) and taking prefix sums gives, for every cell, how many queries of the tile attend it;
+    summing those per key tile gives the pair counts. Work is O(tiles x region) instead of
+    O(N x keys per query).
+    """
     layout = pattern.layout.to(device)
-    shape = layout.shape
+    shape, nd = layout.shape, layout.ndim
+    steps = [pattern.axis_step(a) for a in range(nd)]
+    spans = [pattern.axis_span(layout.coords[:, a], a) for a in range(nd)]
+    first = torch.stack([f for f, _ in spans], 1)  # [N, nd]
+    end = torch.stack([f + s * c for (f, c), s in zip(spans, steps)], 1)  # one step past the last
+    n_q = -(-seq_len // q_tile)
     n_kv = -(-seq_len // kv_tile)
-    strides = [1] * len(shape)
-    for a in range(len(shape) - 2, -1, -1):
+    tile = torch.arange(seq_len, device=device) // q_tile
+    origin = torch.full((n_q, nd), seq_len, device=device, dtype=torch.long)
+    origin = origin.scatter_reduce(0, tile[:, None].expand(-1, nd), first, "amin")
+    extent = torch.zeros((n_q, nd), device=device, dtype=torch.long)
+    extent = extent.scatter_reduce(0, tile[:, None].expand(-1, nd), end, "amax") - origin
+    region = [int(e) for e in extent.max(0).values]  # one box shape that fits every tile's
+    strides = [1] * nd
+    for a in range(nd - 2, -1, -1):
         strides[a] = strides[a + 1] * shape[a + 1]
-    per_query = 1
-    for a in range(len(shape)):
-        per_query *= pattern.axis_neighbors(layout.coords[:1, a], a).shape[1]
-    # Whole query tiles per chunk, so each (query tile, key tile) count is complete in one chunk.
-    tiles_per_chunk = max(1, chunk_entries // (per_query * q_tile))
+    cell_tile = torch.div(layout.inverse, kv_tile, rounding_mode="floor")  # by row-major cell
+    cells = 1
+    for r in region:
+        cells *= r
+    tiles_per_chunk = max(1, chunk_cells // cells)
+    grid = torch.stack(torch.meshgrid(*(torch.arange(r, device=device) for r in region),
+                                      indexing="ij"), -1).view(-1, nd)  # local cell offsets
+
     rows_out, cols_out, full_out = [], [], []
-    for start in range(0, seq_len, tiles_per_chunk * q_tile):
-        stop = min(seq_len, start + tiles_per_chunk * q_tile)
-        coords = layout.coords[start:stop]
-        index = torch.zeros(stop - start, 1, dtype=torch.long, device=device)
-        ok = torch.ones(stop - start, 1, dtype=torch.bool, device=device)
-        for a in range(len(shape)):
-            nb = pattern.axis_neighbors(coords[:, a], a)  # [n, K_a]
-            index = (index[:, :, None] + nb[:, None, :] * strides[a]).flatten(1)
-            ok = (ok[:, :, None] & (nb[:, None, :] >= 0)).flatten(1)
-        key_tile = torch.div(layout.inverse[index.clamp(min=0)], kv_tile, rounding_mode="floor")
-        q_local = torch.div(torch.arange(stop - start, device=device), q_tile,
-                            rounding_mode="floor")[:, None].expand_as(key_tile)
-        n_local = int(q_local[-1, 0]) + 1
-        counts = torch.bincount((q_local * n_kv + key_tile)[ok], minlength=n_local * n_kv)
-        counts = counts.view(n_local, n_kv)
-        r, c = counts.nonzero(as_tuple=True)
-        q_sizes = (torch.clamp(start + (r + 1) * q_tile, max=stop) - (start + r * q_tile))
+    for t0 in range(0, n_q, tiles_per_chunk):
+        t1 = min(n_q, t0 + tiles_per_chunk)
+        q0, q1 = t0 * q_tile, min(seq_len, t1 * q_tile)
+        local = tile[q0:q1] - t0
+        diff = torch.zeros((t1 - t0, *region), device=device, dtype=torch.int32)
+        for corner in range(1 << nd):  # inclusion-exclusion over the 2^nd corners of each box
+            upper = [(corner >> a) & 1 for a in range(nd)]
+            point = torch.where(torch.tensor(upper, device=device, dtype=torch.bool),
+                                end[q0:q1], first[q0:q1]) - origin[t0 + local]
+            inside = (point < torch.tensor(region, device=device)).all(1)  # past the end: no-op
+            sign = -1 if sum(upper) % 2 else 1
+            index = (local, *point.unbind(1))
+            diff.index_put_(tuple(i[inside] for i in index),
+                            torch.full((int(inside.sum()),), sign, device=device,
+                                       dtype=torch.int32), accumulate=True)
+        for a in range(nd):
+            diff = _strided_cumsum(diff, a + 1, steps[a])
+        absolute = origin[t0:t1, None, :] + grid[None]  # [tiles, cells, nd]
+        on_grid = (absolute < torch.tensor(shape, device=device)).all(-1)
+        counts = diff.reshape(t1 - t0, -1)
+        keep = on_grid & (counts > 0)
+        key_tile = cell_tile[(absolute * torch.tensor(strides, device=device)).sum(-1)[keep]]
+        which = torch.arange(t0, t1, device=device)[:, None].expand_as(keep)[keep] - t0
+        pair_counts = torch.bincount(which * n_kv + key_tile, weights=counts[keep].double(),
+                                     minlength=(t1 - t0) * n_kv).view(t1 - t0, n_kv)
+        r, c = pair_counts.nonzero(as_tuple=True)
+        q_sizes = torch.clamp((t0 + r + 1) * q_tile, max=seq_len) - (t0 + r) * q_tile
         k_sizes = torch.clamp((c + 1) * kv_tile, max=seq_len) - c * kv_tile
-        rows_out.append(r + start // q_tile)
+        rows_out.append(r + t0)
         cols_out.append(c)
-        full_out.append(counts[r, c] == q_sizes * k_sizes)
+        full_out.append(pair_counts[r, c] == (q_sizes * k_sizes).double())
     return torch.cat(rows_out), torch.cat(cols_out), torch.cat(full_out)
 
 
