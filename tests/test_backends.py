@@ -17,6 +17,10 @@ CASES = [
     ("neighborhood-3d", (4, 5, 6), lambda layout: Neighborhood(layout, 3)),
     ("window2d-shifted", (9, 14), lambda layout: Window2D(layout, (3, 4), (1, 2))),
     ("window2d-3d", (4, 6, 5), lambda layout: Window2D(layout, 2, 1)),
+    # Long enough for plans that mix full and partial tiles in one row.
+    ("window-long", (23, 31), lambda layout: Window(130, 7)),
+    ("slide-long", (20, 35), lambda layout: Slide(169)),
+    ("neighborhood-long", (25, 29), lambda layout: Neighborhood(layout, 9)),
 ]
 
 

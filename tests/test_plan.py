@@ -80,3 +80,15 @@ def test_plan_rejects_bad_arguments():
         block_plan("window", 64)
     with pytest.raises(ValueError, match="does not match the layout"):
         block_plan(Neighborhood(Layout((8, 8)), 3), 65)
+
+
+@pytest.mark.parametrize("pattern", [Window(130, 7), Slide(169)], ids=repr)
+def test_pairs_are_row_sorted_and_match_the_tile_map(pattern):
+    plan = block_plan(pattern, 700, 64, 64)
+    assert 0 < plan.partial_share < 1  # rows mix full and partial tiles
+    rows, cols, full = plan.pairs()
+    key = rows * plan.n_kv_tiles + cols
+    assert bool((key[1:] > key[:-1]).all())
+    dense = plan.dense()
+    assert torch.equal(dense[rows, cols], 1 + full.to(torch.int8))
+    assert int((dense > 0).sum()) == rows.numel()

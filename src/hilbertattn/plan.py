@@ -85,7 +85,8 @@ class BlockPlan:
             parts.append((rows[valid], indices[valid].long(),
                           torch.full((int(valid.sum()),), full, device=indices.device)))
         rows, cols, full = (torch.cat(p) for p in zip(*parts))
-        return rows, cols, full
+        order = torch.argsort(rows * self.n_kv_tiles + cols)
+        return rows[order], cols[order], full[order]
 
     def transposed(self) -> BlockPlan:
         """The same tiles with key tiles as rows: for each key tile, the query tiles that see it
