@@ -59,8 +59,8 @@ def check(report: dict) -> None:
                 o_ref = ha.attention(*ref, pat, backend="reference")
                 grads_ref = torch.autograd.grad(o_ref, ref, g.double())
                 for backend in ("triton", "flex"):
-                    if backend == "flex" and dtype == torch.float32 and d != 32:
-                        continue
+                    if backend == "flex" and (dtype, d) != (torch.bfloat16, 64):
+                        continue  # each flex configuration compiles for a while
                     x = [t.to(dtype).requires_grad_() for t in (q, k, v)]
                     print("check", shape, order, pat, backend, dtype, d, flush=True)
                     try:

@@ -217,3 +217,14 @@ def test_tile_table():
     assert (hwa.block_m, hwa.block_n) == (64, 64)  # every visited tile is full
     for rule in tb.TILE_RULES:
         assert rule.why
+
+
+@pytest.mark.parametrize("n, dtype", [(96, torch.float32), (90, torch.float16)])
+def test_one_to_one_plan_fuses_dq_into_the_dkdv_pass(n, dtype):
+    # Windows of 32 on 32-token tiles: every query tile attends one key tile, so the backward
+    # is a single pass (the last window and tile are short when n = 90).
+    tb = _backend()
+    cfg = tb.TileConfig(fwd=tb.PassConfig(32, 32), dkdv=tb.PassConfig(32, 32),
+                        dq=tb.PassConfig(16, 16))
+    assert tb._tables(Window(32), n, 32, 32, torch.device("cpu"), True).one_to_one
+    check(Window(32), n, 24, dtype, tiles=cfg)

@@ -9,16 +9,18 @@ launches the passes:
 - backward (no atomics): dQ with one program per (query tile, batch*head) walking the
   forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV with one program
   per (key tile, batch*head) walking the transposed plan (the query tiles that see each key
-  tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached).
+  tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached). When every
+  query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV pass also
+  completes dQ and the dQ pass is skipped.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from functools import lru_cache
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -80,14 +82,15 @@ _ALL = ("float16", "bfloat16", "float32")
 # First matching rule wins. Tiles are (query tokens, key tokens); "spills" below were read from
 # ptxas -v for sm_90a (triton 3.8), the 4-vs-8-warp choices avoid them.
 TILE_RULES: tuple[TileRule, ...] = (
-    TileRule(("Window",), 64, 64, _HALF, (64, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 2),
-             "HWA window <= 64: 64-token tiles make every visited tile full, one tile per row"),
-    TileRule(("Slide", "Window"), None, 64, _HALF, (64, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3),
-             "1-D bands: 64-row tiles cut the wasted band corners; few tiles per row"),
-    TileRule((), None, 64, _HALF, (64, 64, 4, 3), (64, 64, 4, 3), (64, 64, 4, 3),
-             "2-D neighbourhoods, small heads: 64x64 tiles follow the curve's blocks more tightly"),
-    TileRule((), None, 128, _HALF, (128, 64, 8, 3), (32, 64, 4, 2), (64, 32, 4, 2),
-             "head dim 128: 128-row forward tiles feed the tensor cores; backward tiles fit registers"),
+    TileRule(("Window",), 64, 64, _HALF, (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2),
+             "HWA window <= 64: every visited tile is full; 64x64 backward tiles make the plan "
+             "one-to-one on aligned windows, so dQ is fused into the dK/dV pass"),
+    TileRule(("Slide", "Window"), None, 64, _HALF, (64, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
+             "1-D bands: short key tiles cut the wasted band corners"),
+    TileRule((), None, 64, _HALF, (64, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2),
+             "2-D neighbourhoods, small heads: 64x64 tiles follow the curve's 8x8 blocks"),
+    TileRule((), None, 128, _HALF, (64, 64, 4, 3), (32, 128, 8, 2), (128, 64, 8, 2),
+             "head dim 128: 64-token query tiles keep the plan tight; wide key tiles in dK/dV"),
     TileRule((), None, 256, _HALF, (64, 32, 8, 2), (32, 32, 8, 2), (32, 32, 8, 2),
              "head dim 256: registers and shared memory limit the tiles; 8 warps avoid spills"),
     TileRule((), None, 64, ("float32",), (32, 32, 4, 2), (32, 32, 8, 2), (32, 32, 8, 2),
@@ -104,6 +107,7 @@ def _window_of(pattern) -> Optional[int]:
     return w if isinstance(w, int) else None
 
 
+@lru_cache(maxsize=256)
 def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
     """The table's tiles for this (pattern kind, head dim, dtype)."""
     kind = type(pattern).__name__
@@ -145,47 +149,34 @@ def _as_tile_config(tiles, pattern, head_dim: int, dtype: torch.dtype) -> TileCo
 # Plans and codes
 # ----------------------------------------------------------------------------------------------
 
-_TRANSPOSED: "OrderedDict[int, tuple]" = OrderedDict()
+class _Tables(NamedTuple):
+    args: tuple  # qlo, qhi, kcode, full counts/indices, partial counts/indices, plan row stride
+    axes: int  # A, the number of interval axes of the mask codes
+    one_to_one: bool  # every query tile attends exactly one key tile
 
 
-def _plan(pattern, n: int, block_m: int, block_n: int, device, transposed: bool = False):
+@lru_cache(maxsize=256)
+def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
+            transposed: bool = False) -> _Tables:
+    """What a pass's kernel takes from the pattern: mask codes and plan lists, int32 and
+    contiguous on ``device``, built once per (pattern, N, tiles, device) so that a call costs
+    one lookup (this matters when the kernels themselves take ~0.1 ms)."""
     from ..plan import block_plan
 
     plan = block_plan(pattern, n, q_tile=block_m, kv_tile=block_n, device=device)
-    if not transposed:
-        return plan
-    # block_plan is cached, so ``id(plan)`` is stable; the entry keeps ``plan`` alive.
-    hit = _TRANSPOSED.get(id(plan))
-    if hit is not None and hit[0] is plan:
-        _TRANSPOSED.move_to_end(id(plan))
-        return hit[1]
-    t = plan.transposed()
-    _TRANSPOSED[id(plan)] = (plan, t)
-    while len(_TRANSPOSED) > 64:
-        _TRANSPOSED.popitem(last=False)
-    return t
-
-
-def _plan_args(plan, device):
-    fc = plan.full_counts.to(device=device, dtype=torch.int32).contiguous()
-    fi = plan.full_indices.to(device=device, dtype=torch.int32).contiguous()
-    pc = plan.partial_counts.to(device=device, dtype=torch.int32).contiguous()
-    pi = plan.partial_indices.to(device=device, dtype=torch.int32).contiguous()
-    if fi.shape != pi.shape:
-        raise ValueError("block plan: full_indices and partial_indices must have the same shape")
-    return fc, fi, pc, pi, fi.stride(0)
-
-
-def _codes(pattern, n: int, device):
-    c = pattern.codes(n, device)
-    qlo = c.qlo.to(device=device, dtype=torch.int32).contiguous()
-    qhi = c.qhi.to(device=device, dtype=torch.int32).contiguous()
-    kc = c.kcode.to(device=device, dtype=torch.int32).contiguous()
-    a = qlo.shape[0]
-    if not (1 <= a <= 3) or qlo.shape != (a, n) or qhi.shape != (a, n) or kc.shape != (a, n):
+    one_to_one = bool(((plan.full_counts + plan.partial_counts) == 1).all())
+    if transposed:
+        plan = plan.transposed()
+    lists = [t.to(device=device, dtype=torch.int32).contiguous()
+             for t in (plan.full_counts, plan.full_indices, plan.partial_counts,
+                       plan.partial_indices)]
+    codes = [c.to(device=device, dtype=torch.int32).contiguous()
+             for c in pattern.codes(n, device)]
+    a = codes[0].shape[0]
+    if not (1 <= a <= 3) or any(c.shape != (a, n) for c in codes):
         raise ValueError(f"pattern codes must be int32 [A, {n}] with A in 1..3, got "
-                         f"{tuple(qlo.shape)}, {tuple(qhi.shape)}, {tuple(kc.shape)}")
-    return qlo, qhi, kc, a
+                         f"{[tuple(c.shape) for c in codes]}")
+    return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,17 +198,15 @@ def _strides(x: Tensor):
 
 def _forward(q, k, v, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
-    plan = _plan(pattern, N, cfg.block_m, cfg.block_n, q.device)
-    fc, fi, pc, pi, stride_plan = _plan_args(plan, q.device)
-    qlo, qhi, kc, A = _codes(pattern, N, q.device)
+    tables, A, _ = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
     _k._fwd_kernel[(n_tiles * B * H,)](
-        q, k, v, o, lse, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
+        q, k, v, o, lse, *tables,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E,
+        N, H, N, D, n_tiles, scale * _LOG2E,
         A=A, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=_dot_prec(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -229,36 +218,41 @@ def _backward(do, q, k, v, o, lse, pattern, scale: float, cfg: TileConfig):
     dev = q.device
     bd = _block_d(D)
     prec = _dot_prec(q.dtype)
-    qlo, qhi, kc, A = _codes(pattern, N, dev)
-
-    delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
 
-    c = cfg.dq
-    plan = _plan(pattern, N, c.block_m, c.block_n, dev)
-    fc, fi, pc, pi, stride_plan = _plan_args(plan, dev)
-    n_tiles = triton.cdiv(N, c.block_m)
-    _k._bwd_dq_kernel[(n_tiles * B * H,)](
-        q, k, v, o, do, lse, delta, dq, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
-        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E, scale,
-        A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
-        EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
-        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
+    c = cfg.dkdv
+    dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
+    # One key tile per query tile (e.g. HWA windows on tile boundaries): dK/dV's pass completes
+    # dQ as well, and the dQ pass (which re-reads q, k, v, o, dO) is skipped.
+    fused = dkdv_tables.one_to_one
+    if fused:
+        delta = lse  # not read
+    else:
+        delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
+        c = cfg.dq
+        tables, A, _ = _tables(pattern, N, c.block_m, c.block_n, dev)
+        n_tiles = triton.cdiv(N, c.block_m)
+        _k._bwd_dq_kernel[(n_tiles * B * H,)](
+            q, k, v, o, do, lse, delta, dq, *tables,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+            N, H, N, D, n_tiles, scale * _LOG2E, scale,
+            A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+            EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
+            DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
-    tplan = _plan(pattern, N, c.block_m, c.block_n, dev, transposed=True)
-    fc, fi, pc, pi, stride_plan = _plan_args(tplan, dev)
+    tables, A, _ = dkdv_tables
     n_tiles = triton.cdiv(N, c.block_n)
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
-        q, k, v, do, lse, delta, dk, dv, qlo, qhi, kc, fc, fi, pc, pi, stride_plan,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-        qlo.stride(0), H, N, D, n_tiles, scale * _LOG2E, scale,
+        q, k, v, o, do, lse, delta, dq, dk, dv, *tables,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+        *_strides(dk), *_strides(dv),
+        N, H, N, D, n_tiles, scale * _LOG2E, scale,
         A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
         EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
-        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
+        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages, FUSED_DQ=fused)
     return dq, dk, dv
 
 

@@ -223,13 +223,20 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile,
+def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
                c0, c1, c2,
-               stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D, qk_scale,
+               stride_qn, stride_qd, stride_don, stride_dod, stride_on, stride_od,
+               stride_dqn, stride_dqd, stride_c, N, D, qk_scale, sm_scale,
                offs_m0, offs_d, n_ok,
                MASKED: tl.constexpr, A: tl.constexpr, BLOCK_M: tl.constexpr,
-               EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Add query tile ``q_tile``'s share to dK, dV of one key tile (scores held transposed)."""
+               EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr,
+               FUSED_DQ: tl.constexpr):
+    """Add query tile ``q_tile``'s share to dK, dV of one key tile (scores held transposed).
+
+    With ``FUSED_DQ`` this key tile is the only one the query tile attends (a one-to-one plan):
+    the row term ``delta`` is computed here from O and dO, and dQ of the query tile is complete
+    and stored, so no separate dQ pass runs.
+    """
     offs_m = q_tile * BLOCK_M + offs_m0
     m_ok = offs_m < N
     d_ok = offs_d < D
@@ -239,7 +246,12 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile,
                   EVEN_M, EVEN_D)
     # Out-of-range query rows: lse = +inf makes their probabilities exactly 0.
     lse = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
-    delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
+    if FUSED_DQ:
+        o = _load_2d(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, m_ok, d_ok,
+                     EVEN_M, EVEN_D)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    else:
+        delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
     p_t = tl.math.exp2(s_t - lse[None, :])
     if MASKED:
@@ -250,23 +262,30 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile,
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
+    if FUSED_DQ:
+        dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PREC) * sm_scale
+        _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
+                  dq.to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_M, EVEN_D)
     return dk, dv
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLO, QHI, KC,
+def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
                      stride_qb, stride_qh, stride_qn, stride_qd,
                      stride_kb, stride_kh, stride_kn, stride_kd,
                      stride_vb, stride_vh, stride_vn, stride_vd,
+                     stride_ob, stride_oh, stride_on, stride_od,
                      stride_dob, stride_doh, stride_don, stride_dod,
+                     stride_dqb, stride_dqh, stride_dqn, stride_dqd,
                      stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                      stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                      stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
                      A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-                     EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dK, dV of one key tile, walking the transposed plan (the query tiles that see it)."""
+                     EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
+    """dK, dV of one key tile, walking the transposed plan (the query tiles that see it); with
+    ``FUSED_DQ`` also dQ of those query tiles (see ``_dkdv_tile``)."""
     pid = tl.program_id(0)
     kv_tile = pid % n_tiles
     bh = pid // n_tiles
@@ -275,7 +294,9 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLO, QHI, KC,
     Q += b * stride_qb + h * stride_qh
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
     DO += b * stride_dob + h * stride_doh
+    DQ += b * stride_dqb + h * stride_dqh
     DK += b * stride_dkb + h * stride_dkh
     DV += b * stride_dvb + h * stride_dvh
     LSE += bh.to(tl.int64) * N
@@ -297,17 +318,19 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + kv_tile)
     for t in range(0, n_full):
         q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile, c0, c1, c2,
-                            stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D,
-                            qk_scale, offs_m0, offs_d, n_ok,
-                            False, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC)
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+                            c0, c1, c2, stride_qn, stride_qd, stride_don, stride_dod,
+                            stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
+                            qk_scale, sm_scale, offs_m0, offs_d, n_ok,
+                            False, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, QLO, QHI, q_tile, c0, c1, c2,
-                            stride_qn, stride_qd, stride_don, stride_dod, stride_c, N, D,
-                            qk_scale, offs_m0, offs_d, n_ok,
-                            True, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC)
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+                            c0, c1, c2, stride_qn, stride_qd, stride_don, stride_dod,
+                            stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
+                            qk_scale, sm_scale, offs_m0, offs_d, n_ok,
+                            True, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
