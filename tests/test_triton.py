@@ -35,6 +35,7 @@ finally:
         os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
 
 from hilbertattn.layout import Layout  # noqa: E402
+from hilbertattn.plan import block_plan  # noqa: E402
 from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
 
 # False when triton was imported (by another test module) before this file could switch the
@@ -213,8 +214,12 @@ def test_tile_table():
                 for p in (cfg.fwd, cfg.dkdv, cfg.dq):
                     for t in (p.block_m, p.block_n):
                         assert t >= 16 and t & (t - 1) == 0
-    hwa = tb.tile_config(Window(64), 64, torch.bfloat16).fwd
-    assert (hwa.block_m, hwa.block_n) == (64, 64)  # every visited tile is full
+    hwa = tb.tile_config(Window(64), 64, torch.bfloat16)
+    # HWA 64 on its table's tiles: every visited tile is full, and the backward is one pass.
+    for p in (hwa.fwd, hwa.dkdv):
+        assert block_plan(Window(64), 4096, p.block_m, p.block_n).partial_share == 0
+    assert tb._tables(Window(64), 4096, hwa.dkdv.block_m, hwa.dkdv.block_n,
+                      torch.device("cpu"), True).one_to_one
     for rule in tb.TILE_RULES:
         assert rule.why
 

@@ -1,5 +1,6 @@
 """hilbertattn: fast 2-D and 3-D local attention on Hilbert-curve token layouts."""
 
+from . import nn
 from .bias import RelativeBias
 from .functional import (attention, neighborhood_attention, slide_attention, window_attention,
                          window_attention_2d)

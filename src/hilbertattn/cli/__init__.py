@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("plan",)
+SUBCOMMANDS = ("show", "plan", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
