@@ -425,7 +425,7 @@ class BatchLoader:
         for start in range(0, len(indices), self.batch_size):
             batch = indices[start:start + self.batch_size]
             images = self.images[batch]
-            if images.device != self.device:
+            if images.device.type == "cpu" and self.device.type != "cpu":  # data kept on the host
                 images = images.pin_memory() if self.device.type == "cuda" else images
                 images = images.to(self.device, non_blocking=True)
             if self.train:
