@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS = ("show", "plan", "train")
+SUBCOMMANDS = ("show", "plan", "bench", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
