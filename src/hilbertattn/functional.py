@@ -12,30 +12,38 @@ from .layout import Layout
 from .patterns import Neighborhood, Pattern, Slide, Window, Window2D
 
 __all__ = ["attention", "window_attention", "slide_attention", "neighborhood_attention",
-           "window_attention_2d", "BACKENDS", "resolve_backend"]
+           "window_attention_2d", "BACKENDS", "resolve_backend", "check_qkv"]
 
 Backend = Literal["auto", "triton", "flex", "reference"]
 BACKENDS = ("auto", "triton", "flex", "reference")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
-                  bias: RelativeBias | None) -> None:
+def check_qkv(q: Tensor, k: Tensor, v: Tensor,
+              dtypes: tuple[torch.dtype, ...] = _FLOATS) -> None:
+    """Raise ``ValueError`` unless ``q, k, v`` are ``[B, heads, N, D]`` tensors of one shape,
+    one dtype out of ``dtypes`` and one device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor) or t.dim() != 4:
             shape = list(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a tensor of shape [B, heads, N, D], got {shape}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name}.dtype must be float16, bfloat16, float32 or float64, "
-                             f"got {t.dtype}")
+        if t.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise ValueError(f"{name}.dtype must be one of {names}, got {t.dtype}")
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must have the same shape [B, heads, N, D], got "
-                         f"q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+                         f"q.shape={list(q.shape)}, k.shape={list(k.shape)}, "
+                         f"v.shape={list(v.shape)}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, "
                          f"{v.device}")
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
+                  bias: RelativeBias | None) -> None:
+    check_qkv(q, k, v)
     if not isinstance(pattern, Pattern):
         raise ValueError(f"pattern must be a hilbertattn pattern (Window, Slide, Neighborhood, "
                          f"Window2D), got {type(pattern).__name__}")

@@ -25,6 +25,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..functional import check_qkv
+
 try:
     import triton
 
@@ -288,25 +290,7 @@ def _interpreting() -> bool:
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape [B, heads, N, D], got {list(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"{name}.dtype must be one of float16, bfloat16, float32, "
-                             f"got {t.dtype}")
-    if q.shape[-2] != k.shape[-2]:
-        raise ValueError(f"q and k must have the same sequence length N, got q.shape[-2]="
-                         f"{q.shape[-2]} and k.shape[-2]={k.shape[-2]}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must have the same shape [B, heads, N, D], got q "
-                         f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.device != q.device or v.device != q.device:
-        raise ValueError(f"q, k, v must be on the same device, got {q.device}, {k.device}, "
-                         f"{v.device}")
+    check_qkv(q, k, v, _DTYPES)
     d = q.shape[-1]
     if not 16 <= d <= 256:
         raise ValueError(f"head dim D (q.shape[-1]) must be in 16..256 for the triton backend, "
