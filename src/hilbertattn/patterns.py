@@ -172,6 +172,14 @@ class GridPattern(Pattern):
     def axis_step(self, axis: int) -> int:
         return 1
 
+    def _check_arguments(self, *per_axis: str) -> None:
+        """Check ``layout`` and store the ``per_axis`` fields given as lists as tuples (hashable)."""
+        if not isinstance(self.layout, Layout):
+            raise ValueError(f"layout must be a hilbertattn.Layout, got {type(self.layout).__name__}")
+        for name in per_axis:
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
     def mask(self, i: Tensor, j: Tensor, seq_len: int) -> Tensor:
         self.check(seq_len)
         coords = self.layout.coords.to(i.device)
@@ -208,12 +216,8 @@ class Neighborhood(GridPattern):
     dil: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.layout, Layout):
-            raise ValueError(f"layout must be a hilbertattn.Layout, got {type(self.layout).__name__}")
+        self._check_arguments("kernel_size", "dilation")
         nd = self.layout.ndim
-        for name in ("kernel_size", "dilation"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
         kernel = _per_axis("kernel_size", self.kernel_size, nd)
         dil = _per_axis("dilation", self.dilation, nd)
         for a, (k, d, x) in enumerate(zip(kernel, dil, self.layout.shape)):
@@ -262,12 +266,8 @@ class Window2D(GridPattern):
     offset: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.layout, Layout):
-            raise ValueError(f"layout must be a hilbertattn.Layout, got {type(self.layout).__name__}")
+        self._check_arguments("window_size", "shift")
         nd = self.layout.ndim
-        for name in ("window_size", "shift"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
         size = _per_axis("window_size", self.window_size, nd)
         shift = (self.shift,) * nd if isinstance(self.shift, int) else tuple(self.shift)
         if len(shift) != nd or any(not isinstance(s, int) for s in shift):
