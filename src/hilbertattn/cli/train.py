@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import BatchLoader, ImageDataset, derive_seed, load_dataset
 
@@ -232,6 +232,17 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _epoch_totals(loss_sum: Tensor, correct: Tensor, loader: BatchLoader, process: Process,
+                  start: float) -> tuple[float, float, float, float]:
+    """Mean loss, accuracy, images/s and seconds of a pass that began at ``start``, over all
+    processes (waits for the device first, so the time covers the queued work)."""
+    _synchronize(process.device)
+    elapsed = time.perf_counter() - start
+    loss_total, correct_total, seen = process.sum(
+        [loss_sum.item(), correct.item(), float(loader.num_samples)])
+    return loss_total / seen, correct_total / seen, seen / elapsed, elapsed
+
+
 def _progress(total: int, description: str, enabled: bool) -> tqdm:
     from tqdm import tqdm
 
@@ -267,12 +278,9 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler,
         bar.update()
         if step % 25 == 0 and not bar.disable:  # .item() waits for the GPU: not every step
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    _synchronize(device)
-    elapsed = time.perf_counter() - start
-    loss_total, correct_total, seen = process.sum(
-        [loss_sum.item(), correct.item(), float(loader.num_samples)])
-    return {"train_loss": loss_total / seen, "train_acc": correct_total / seen,
-            "train_images_per_s": seen / elapsed, "train_time_s": elapsed}
+    loss, acc, rate, elapsed = _epoch_totals(loss_sum, correct, loader, process, start)
+    return {"train_loss": loss, "train_acc": acc, "train_images_per_s": rate,
+            "train_time_s": elapsed}
 
 
 @torch.inference_mode()
@@ -291,12 +299,8 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: torch.dtype | None, pro
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         bar.update()
-    _synchronize(device)
-    elapsed = time.perf_counter() - start
-    loss_total, correct_total, seen = process.sum(
-        [loss_sum.item(), correct.item(), float(loader.num_samples)])
-    return {"test_loss": loss_total / seen, "test_acc": correct_total / seen,
-            "eval_images_per_s": seen / elapsed, "eval_time_s": elapsed}
+    loss, acc, rate, elapsed = _epoch_totals(loss_sum, correct, loader, process, start)
+    return {"test_loss": loss, "test_acc": acc, "eval_images_per_s": rate, "eval_time_s": elapsed}
 
 
 # ----------------------------------------------------------------------------------------------
