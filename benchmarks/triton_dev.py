@@ -34,14 +34,15 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from hilbertattn.backends import triton as tb  # noqa: E402
+from hilbertattn.bias import RelativeBias  # noqa: E402
 from hilbertattn.layout import Layout  # noqa: E402
 from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
 from hilbertattn.plan import block_plan  # noqa: E402
 
 DEV = torch.device("cpu" if SMOKE else "cuda")
 GRID = 16 if SMOKE else 256  # side of the benchmark grid
-SMALL = (5, 7) if SMOKE else (17, 23)  # odd grid of the correctness checks
-SQUARE = 8 if SMOKE else 32
+SMALL = (10, 9) if SMOKE else (17, 23)  # odd grid of the correctness checks
+SQUARE = 13 if SMOKE else 32  # NA 13 must fit
 T0 = time.time()
 RESULTS: dict = {}
 
@@ -64,8 +65,9 @@ def bench(fn, rep_ms=200):
     return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median")
 
 
-def reference(q, k, v, pattern, scale, rows=None):
-    """Dense masked softmax in fp32 (fp64 for fp32 inputs), optionally only for query ``rows``."""
+def reference(q, k, v, pattern, scale, rows=None, bias=None):
+    """Dense masked softmax in fp32 (fp64 for fp32 inputs), optionally only for query ``rows``,
+    plus a ``RelativeBias``."""
     n = q.shape[-2]
     j = torch.arange(n, device=q.device)
     i = j if rows is None else rows
@@ -73,6 +75,8 @@ def reference(q, k, v, pattern, scale, rows=None):
     ct = torch.float64 if q.dtype == torch.float32 else torch.float32
     qq = q.to(ct) if rows is None else q.to(ct)[..., rows, :]
     s = (qq @ k.to(ct).transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.values(i[:, None], j[None, :]).to(ct)
     s = s.masked_fill(~mask, float("-inf"))
     return torch.softmax(s, -1) @ v.to(ct)
 
@@ -104,6 +108,11 @@ def check_small():
         ("na3d", Neighborhood(Layout((3, 4, 5) if SMOKE else (4, 9, 10), device=DEV), 3),
          60 if SMOKE else 360, torch.bfloat16, 64),
     ]
+    # Every case once more with a random relative position bias on its grid (fixed radius 4:
+    # clamps the far pairs of the long sequence patterns).
+    layouts = {g17.numel: g17, g32.numel: g32}
+    cases += [(f"{name}+bias", pat, n, dtype, d) for name, pat, n, dtype, d in cases
+              if n in layouts]
     out = {}
     for name, pat, n, dtype, d in cases:
         if SMOKE:
@@ -119,14 +128,22 @@ def check_small():
         q, k, v = (torch.randn(b, h, n, d, device=DEV, dtype=dtype, requires_grad=True)
                    for _ in range(3))
         scale = d**-0.5
-        o = tb.triton_attention(q, k, v, pat, scale)
+        bias = bias_r = None
+        if name.endswith("+bias"):
+            table = torch.randn(h, 9, 9, device=DEV, requires_grad=True)
+            bias = RelativeBias(table, layouts[n].coords)
+            table_r = table.detach().clone().requires_grad_()
+            bias_r = RelativeBias(table_r, bias.coords)
+        o = tb.triton_attention(q, k, v, pat, scale, bias=bias)
         do = torch.randn_like(o)
         o.backward(do)
         qr, kr, vr = (x.detach().clone().requires_grad_() for x in (q, k, v))
-        ref = reference(qr, kr, vr, pat, scale)
+        ref = reference(qr, kr, vr, pat, scale, bias=bias_r)
         ref.backward(do.to(ref.dtype))
         errs = {"o": rel_err(o, ref), "dq": rel_err(q.grad, qr.grad),
                 "dk": rel_err(k.grad, kr.grad), "dv": rel_err(v.grad, vr.grad)}
+        if bias is not None:
+            errs["dtable"] = rel_err(table.grad, table_r.grad)
         tol = 1e-4 if dtype == torch.float32 else (3e-2 if dtype == torch.bfloat16 else 6e-3)
         ok = all(e < tol for e in errs.values()) and all(
             torch.isfinite(x.grad).all().item() for x in (q, k, v))
@@ -173,17 +190,17 @@ def rotating(sets):
     return nxt
 
 
-def time_fwd(pat, sets, scale, tiles=None, rep_ms=200):
+def time_fwd(pat, sets, scale, tiles=None, rep_ms=200, bias=None):
     nxt = rotating(sets)
 
     def fn():
         q, k, v = nxt()
-        tb.triton_attention(q, k, v, pat, scale, tiles=tiles)
+        tb.triton_attention(q, k, v, pat, scale, tiles=tiles, bias=bias)
 
     return bench(fn, rep_ms)
 
 
-def time_fwd_bwd(pat, sets, scale, tiles=None, rep_ms=300):
+def time_fwd_bwd(pat, sets, scale, tiles=None, rep_ms=300, bias=None):
     sets = [tuple(x.detach().requires_grad_() for x in s) for s in sets]
     dos = [torch.randn_like(s[0]) for s in sets]
     nxt = rotating(list(zip(sets, dos)))
@@ -191,7 +208,7 @@ def time_fwd_bwd(pat, sets, scale, tiles=None, rep_ms=300):
     def fn():
         (q, k, v), do = nxt()
         q.grad = k.grad = v.grad = None
-        tb.triton_attention(q, k, v, pat, scale, tiles=tiles).backward(do)
+        tb.triton_attention(q, k, v, pat, scale, tiles=tiles, bias=bias).backward(do)
 
     return bench(fn, rep_ms)
 
@@ -200,8 +217,10 @@ def time_bwd_only(pat, sets, scale, cfg, rep_ms=200):
     """Backward passes alone (delta + dK/dV + dQ) for a TileConfig, forward done beforehand."""
     prepared = []
     for q, k, v in sets[:2]:
-        o, lse = tb._forward(q, k, v, pat, scale, tb.tile_config(pat, q.shape[-1], q.dtype).fwd)
-        prepared.append((torch.randn_like(o), q, k, v, o, lse))
+        no_bias = tb._BiasArgs.of(None, q)
+        o, lse = tb._forward(q, k, v, no_bias, pat, scale,
+                             tb.tile_config(pat, q.shape[-1], q.dtype).fwd)
+        prepared.append((torch.randn_like(o), q, k, v, o, lse, no_bias))
     nxt = rotating(prepared)
     return bench(lambda: tb._backward(*nxt(), pat, scale, cfg), rep_ms)
 
@@ -278,6 +297,12 @@ def grid_cases(sweep, budget_s):
         r["sol_fwd_ms"] = sol
         r["fwd_share_of_sol"] = sol / r["fwd_ms"]
         r["fwd_speedup_vs_sdpa"] = res["sdpa_fwd_ms"] / r["fwd_ms"]
+        # A 13x13-offset relative position bias (NAT's table for a 7x7 kernel), with gradient.
+        table = torch.randn(h, 13, 13, device=DEV, requires_grad=True)
+        bias = RelativeBias(table, g.coords)
+        r["bias_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
+        r["bias_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
+        log(f"{name}: with bias fwd {r['bias_fwd_ms']:.3f} ms fwd+bwd {r['bias_fwd_bwd_ms']:.3f}")
         log(f"{name}: plan {plan_s:.2f}s density128 {r['plan128']['density']:.4f} "
             f"used {r['plan_used']['density']:.4f} (partial {r['plan_used']['partial_share']:.2f}) "
             f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_over_floor']:.2f}x floor, "

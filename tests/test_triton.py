@@ -34,7 +34,9 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _OLD_INTERPRET
 
+from hilbertattn.bias import RelativeBias  # noqa: E402
 from hilbertattn.layout import Layout  # noqa: E402
+from hilbertattn.nn import NeighborhoodAttention, covering_radius  # noqa: E402
 from hilbertattn.plan import block_plan  # noqa: E402
 from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
 
@@ -66,12 +68,14 @@ def _backend():
     return tb
 
 
-def reference(q, k, v, pattern, scale):
-    """float64 dense masked softmax attention from ``pattern.mask``."""
+def reference(q, k, v, pattern, scale, bias=None):
+    """float64 dense masked softmax attention from ``pattern.mask`` (plus ``bias.values``)."""
     n = q.shape[-2]
     i = torch.arange(n)
     mask = pattern.mask(i[:, None], i[None, :], n)
     s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias.values(i[:, None], i[None, :]).double()
     s = s.masked_fill(~mask, float("-inf"))
     return torch.softmax(s, dim=-1) @ v.double()
 
@@ -79,8 +83,13 @@ def reference(q, k, v, pattern, scale):
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
 
-def check(pattern, n, d, dtype, *, b=2, h=2, tiles=(16, 32), make=None, grad_out=None, seed=0):
-    """Run forward and backward through the backend and compare to the float64 reference."""
+def check(pattern, n, d, dtype, *, b=2, h=2, tiles=(16, 32), make=None, grad_out=None, seed=0,
+          bias_layout=None, bias_radius=None):
+    """Run forward and backward through the backend and compare to the float64 reference.
+
+    With ``bias_layout``, a random relative position bias on its coords (radius ``bias_radius``,
+    default the covering radius of the pattern) is added and its table's gradient checked too.
+    """
     tb = _backend()
     g = torch.Generator().manual_seed(seed)
     if make is None:
@@ -88,18 +97,26 @@ def check(pattern, n, d, dtype, *, b=2, h=2, tiles=(16, 32), make=None, grad_out
     else:
         q, k, v = make(g)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
+    inputs = [q, k, v]
+    bias = None
+    if bias_layout is not None:
+        radius = bias_radius or covering_radius(pattern, bias_layout)
+        table = torch.randn(h, *(2 * r + 1 for r in radius), generator=g).requires_grad_()
+        bias = RelativeBias(table, bias_layout.coords)
+        inputs.append(table)
     scale = d**-0.5
-    out = tb.triton_attention(q, k, v, pattern, scale, tiles=tiles)
+    out = tb.triton_attention(q, k, v, pattern, scale, bias=bias, tiles=tiles)
     assert out.shape == q.shape and out.dtype == dtype
     do = torch.randn(out.shape, generator=g).to(dtype) if grad_out is None else grad_out(g)
     out.backward(do)
 
-    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref = reference(q64, k64, v64, pattern, scale)
+    inputs64 = [x.detach().double().requires_grad_() for x in inputs]
+    bias64 = None if bias is None else RelativeBias(inputs64[3], bias.coords)
+    ref = reference(*inputs64[:3], pattern, scale, bias64)
     ref.backward(do.double())
     tol = TOL[dtype]
     torch.testing.assert_close(out.double(), ref.detach(), **tol)
-    for name, x, x64 in (("dq", q, q64), ("dk", k, k64), ("dv", v, v64)):
+    for name, x, x64 in zip(("dq", "dk", "dv", "dtable"), inputs, inputs64):
         assert torch.isfinite(x.grad).all(), name
         torch.testing.assert_close(x.grad.double(), x64.grad, **tol, msg=lambda m: f"{name}: {m}")
 
@@ -116,6 +133,48 @@ PATTERNS = {
     # 3-D (three code axes)
     "na-3d": (lambda: Neighborhood(Layout((3, 4, 5)), 3), 60),
 }
+
+
+BIAS_CASES = {
+    # (pattern, N, layout of the bias coords, fixed radius or None for the covering radius)
+    "window-shift": (lambda: Window(16, 5), 75, Layout((5, 15)), None),
+    "slide-clamped-far-pairs": (lambda: Slide(13, clamped=True), 63, Layout((7, 9)), (1, 2)),
+    "na-10x13": (lambda: Neighborhood(Layout((10, 13)), (5, 3)), 130, Layout((10, 13)), None),
+    "swin-rowmajor": (lambda: Window2D(Layout((9, 10), "rowmajor"), 3, 1), 90,
+                      Layout((9, 10), "rowmajor"), None),
+    "na-3d": (lambda: Neighborhood(Layout((3, 4, 5)), 3), 60, Layout((3, 4, 5)), None),
+}
+
+
+@pytest.mark.parametrize("name", list(BIAS_CASES))
+@pytest.mark.parametrize("dtype, d", [(torch.float32, 24), (torch.float16, 32)])
+def test_relative_position_bias(name, dtype, d):
+    make, n, layout, radius = BIAS_CASES[name]
+    check(make(), n, d, dtype, bias_layout=layout, bias_radius=radius)
+
+
+def test_bias_with_the_fused_one_pass_backward():
+    tb = _backend()
+    cfg = tb.TileConfig(fwd=tb.PassConfig(32, 32), dkdv=tb.PassConfig(32, 32),
+                        dq=tb.PassConfig(16, 16))
+    check(Window(32), 90, 16, torch.float32, tiles=cfg, bias_layout=Layout((9, 10)))
+
+
+def test_bias_module_matches_the_reference_module():
+    # The nn module picks the backend; both backends hold the same parameters.
+    torch.manual_seed(0)
+    layout = Layout((7, 9))
+    module = NeighborhoodAttention(32, 2, layout, 5, rel_pos_bias=True, backend="triton")
+    torch.nn.init.normal_(module.relative_position_bias_table)
+    x = torch.randn(2, layout.numel, 32, requires_grad=True)
+    out = module(x)
+    got = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    module.backend = "reference"
+    ref = module(x)
+    want = torch.autograd.grad(ref.square().sum(), [x, *module.parameters()])
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))

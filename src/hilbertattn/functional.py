@@ -65,14 +65,14 @@ def _triton_ready(q: Tensor) -> bool:
     return triton_backend.available()
 
 
-def resolve_backend(backend: str, q: Tensor, bias: RelativeBias | None = None) -> str:
+def resolve_backend(backend: str, q: Tensor) -> str:
     """The backend that ``backend`` means for these inputs (``auto``: triton on CUDA, then flex;
     the reference elsewhere)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    if _triton_ready(q) and bias is None:
+    if _triton_ready(q):
         return "triton"
     if q.device.type == "cuda":
         from .backends import flex
@@ -98,7 +98,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, scale: float | 
     """
     _check_inputs(q, k, v, pattern, bias)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    name = resolve_backend(backend, q, bias)
+    name = resolve_backend(backend, q)
     if name == "reference":
         from .backends.reference import reference_attention
 

@@ -93,7 +93,7 @@ class LocalAttention(nn.Module):
         bias_radius: the bias table radius per grid axis (an int for every axis); None picks
             ``covering_radius(pattern, layout)``.
         backend: ``"auto"``, ``"triton"``, ``"flex"`` or ``"reference"`` (see
-            ``hilbertattn.attention``; with a bias, ``"auto"`` never picks triton).
+            ``hilbertattn.attention``).
     """
 
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, layout: Layout | None = None,

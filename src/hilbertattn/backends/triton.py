@@ -6,12 +6,14 @@ launches the passes:
 
 - forward: one program per (query tile, batch*head); full key tiles unmasked, then partial tiles
   masked from the pattern's interval codes; saves the log-sum-exp (fp32 ``[B, H, N]``);
-- backward (no atomics): dQ with one program per (query tile, batch*head) walking the
-  forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV with one program
-  per (key tile, batch*head) walking the transposed plan (the query tiles that see each key
-  tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached). When every
+- backward (dQ, dK, dV without atomics): dQ with one program per (query tile, batch*head)
+  walking the forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV
+  with one program per (key tile, batch*head) walking the transposed plan (the query tiles that
+  see each key tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached). When every
   query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV pass also
-  completes dQ and the dQ pass is skipped.
+  completes dQ and the dQ pass is skipped;
+- a relative position bias is gathered from its table inside every pass; its gradient is added
+  to a per-(batch, head) copy of the table with atomics in the dK/dV pass, then summed over B.
 """
 
 from __future__ import annotations
@@ -181,6 +183,27 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
     return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one)
 
 
+class _BiasArgs(NamedTuple):
+    """The relative position bias as the kernels take it (``axes == 0``: none)."""
+
+    table: Tensor  # fp32 [heads, T], T = prod(2 r_a + 1)
+    coords: Tensor  # int32 [axes, N], contiguous
+    radii: tuple[int, int, int, int, int]  # r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
+    axes: int
+
+    @classmethod
+    def of(cls, bias, q: Tensor) -> "_BiasArgs":
+        if bias is None:
+            return cls(q, q, (0, 0, 0, 1, 1), 0)  # pointers never read without a bias
+        r = (*bias.radius, 0, 0)[:3]
+        return cls(bias.table.detach().float().flatten(1).contiguous(),
+                   bias.coords.to(device=q.device, dtype=torch.int32).t().contiguous(),
+                   (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(bias.radius))
+
+    def args(self) -> tuple:
+        return (self.table, self.coords, self.table.stride(0) if self.axes else 0, *self.radii)
+
+
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
@@ -198,7 +221,7 @@ def _strides(x: Tensor):
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _forward(q, k, v, pattern, scale: float, cfg: PassConfig):
+def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
     tables, A, _ = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
@@ -206,16 +229,17 @@ def _forward(q, k, v, pattern, scale: float, cfg: PassConfig):
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
     _k._fwd_kernel[(n_tiles * B * H,)](
-        q, k, v, o, lse, *tables,
+        q, k, v, o, lse, *tables, *bias.args(),
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         N, H, N, D, n_tiles, scale * _LOG2E,
-        A=A, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
+        A=A, BIAS_AXES=bias.axes, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=_dot_prec(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, pattern, scale: float, cfg: TileConfig):
+def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: TileConfig):
+    """dQ, dK, dV and the bias table's gradient (fp32 ``[B, heads, T]``, or None)."""
     B, H, N, D = q.shape
     dev = q.device
     bd = _block_d(D)
@@ -223,6 +247,8 @@ def _backward(do, q, k, v, o, lse, pattern, scale: float, cfg: TileConfig):
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
+    dbias = torch.zeros((B, *bias.table.shape), dtype=torch.float32, device=dev) \
+        if bias.axes else None
 
     c = cfg.dkdv
     dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
@@ -237,32 +263,39 @@ def _backward(do, q, k, v, o, lse, pattern, scale: float, cfg: TileConfig):
         tables, A, _ = _tables(pattern, N, c.block_m, c.block_n, dev)
         n_tiles = triton.cdiv(N, c.block_m)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
-            q, k, v, o, do, lse, delta, dq, *tables,
+            q, k, v, o, do, lse, delta, dq, *tables, *bias.args(),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
-            A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+            A=A, BIAS_AXES=bias.axes, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
             EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
             DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
     tables, A, _ = dkdv_tables
     n_tiles = triton.cdiv(N, c.block_n)
+    table, coords, *rest = bias.args()
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
         q, k, v, o, do, lse, delta, dq, dk, dv, *tables,
+        table, table if dbias is None else dbias, coords, *rest,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
         *_strides(dk), *_strides(dv),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
-        A=A, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+        A=A, BIAS_AXES=bias.axes, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
         EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages, FUSED_DQ=fused)
-    return dq, dk, dv
+    return dq, dk, dv, dbias
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pattern, scale, cfg):
-        o, lse = _forward(q, k, v, pattern, scale, cfg.fwd)
+    def forward(ctx, q, k, v, table, pattern, scale, cfg, bias):
+        # ``table`` is ``bias.table`` passed on its own so that autograd routes its gradient.
+        args = _BiasArgs.of(bias, q)
+        o, lse = _forward(q, k, v, args, pattern, scale, cfg.fwd)
         ctx.save_for_backward(q, k, v, o, lse)
+        ctx.bias_args = args
+        if table is not None:
+            ctx.table_dtype, ctx.table_shape = table.dtype, table.shape
         ctx.pattern = pattern
         ctx.scale = scale
         ctx.cfg = cfg
@@ -271,8 +304,12 @@ class _TritonAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.pattern, ctx.scale, ctx.cfg)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, ctx.bias_args, ctx.pattern,
+                                      ctx.scale, ctx.cfg)
+        dtable = None
+        if dbias is not None and ctx.needs_input_grad[3]:
+            dtable = dbias.sum(0).to(ctx.table_dtype).view(ctx.table_shape)
+        return dq, dk, dv, dtable, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +354,8 @@ def triton_attention(
         pattern: a ``hilbertattn.patterns`` pattern (provides ``codes``; planned by
             ``hilbertattn.plan.block_plan``).
         scale: multiplier of ``q @ k^T`` before the softmax.
+        bias: optional ``hilbertattn.RelativeBias`` (1 to 3 grid axes) added to the scores; its
+            table gets a gradient (summed with atomics in the dK/dV pass).
         tiles: override the tile table: ``(block_m, block_n)`` for every pass, a ``PassConfig``
             or a ``TileConfig`` (per pass). Powers of two >= 16.
 
@@ -325,13 +364,20 @@ def triton_attention(
     """
     if _TRITON_ERROR is not None:
         raise NotImplementedError(f"the triton backend needs triton: {_TRITON_ERROR}")
-    if bias is not None:
-        raise NotImplementedError("backend='triton' does not take a relative position bias yet; "
-                                  "use backend='flex' or 'reference'")
     _check(q, k, v)
+    if bias is not None:
+        from ..bias import RelativeBias
+
+        if not isinstance(bias, RelativeBias):
+            raise ValueError(f"bias must be a hilbertattn.RelativeBias, got {type(bias).__name__}")
+        bias.check(q.shape[1], q.shape[2])
+        if not 1 <= len(bias.radius) <= 3:
+            raise ValueError(f"bias.coords must have 1 to 3 axes for the triton backend, got "
+                             f"{len(bias.radius)}")
     if q.device.type != "cuda" and not _interpreting():
         raise NotImplementedError(
             f"the triton backend needs CUDA tensors (got device {q.device}); use "
             f"backend='flex' or 'reference', or set TRITON_INTERPRET=1 for the slow interpreter")
     cfg = _as_tile_config(tiles, pattern, q.shape[-1], q.dtype)
-    return _TritonAttention.apply(q, k, v, pattern, float(scale), cfg)
+    table = None if bias is None else bias.table
+    return _TritonAttention.apply(q, k, v, table, pattern, float(scale), cfg, bias)

@@ -12,6 +12,13 @@ Conventions shared by every kernel:
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
   ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. No dense mask is ever materialized.
+- Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
+  natural-log score, where ``idx`` combines the per-axis grid offsets ``coord[a, i] - coord[a, j]``
+  clamped to ``[-r_a, r_a]`` (row-major over a table of ``(2 r_a + 1)`` per axis). Its gradient is
+  the sum of ``dS`` over the pairs sharing an entry, added with atomics by the dK/dV pass (the
+  only pass that visits every attended pair once).
+- Per-token tables (mask codes, bias coordinates) are int32 ``[rows, N]`` with row stride
+  ``stride_c``.
 - Softmax runs in base 2: scores are multiplied by ``scale * log2(e)`` and exponentiated with
   ``exp2``. The saved log-sum-exp ``lse`` is in natural-log units (fp32 ``[B*H, N]``).
 """
@@ -79,15 +86,18 @@ def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr):
 
 
 @triton.jit
-def _load_key_codes(KC, stride_c, offs, ok, A: tl.constexpr):
-    """Per-axis key codes of the tokens ``offs`` (out of range: 0, excluded by the bounds mask)."""
-    c0 = tl.load(KC + offs, mask=ok, other=0)
+def _load_rows(T, stride_c, offs, ok, ROWS: tl.constexpr):
+    """The first ``ROWS`` (0..3) rows of a per-token table at tokens ``offs`` (key codes, bias
+    coordinates); out of range, and rows past ``ROWS``: 0 (key codes there fail the bounds mask)."""
+    c0 = offs * 0
+    if ROWS > 0:
+        c0 = tl.load(T + offs, mask=ok, other=0)
     c1 = c0
     c2 = c0
-    if A > 1:
-        c1 = tl.load(KC + stride_c + offs, mask=ok, other=0)
-    if A > 2:
-        c2 = tl.load(KC + 2 * stride_c + offs, mask=ok, other=0)
+    if ROWS > 1:
+        c1 = tl.load(T + stride_c + offs, mask=ok, other=0)
+    if ROWS > 2:
+        c2 = tl.load(T + 2 * stride_c + offs, mask=ok, other=0)
     return c0, c1, c2
 
 
@@ -116,6 +126,28 @@ def _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, key_ok, A: tl.constexpr
     return ok
 
 
+@triton.jit
+def _axis_offset(qc, kc, r, KEYS_ON_ROWS: tl.constexpr):
+    """Clamped offset ``coord[i] - coord[j]`` on one axis, shifted to a table index 0..2r."""
+    if KEYS_ON_ROWS:
+        d = qc[None, :] - kc[:, None]
+    else:
+        d = qc[:, None] - kc[None, :]
+    return tl.minimum(tl.maximum(d, -r), r) + r
+
+
+@triton.jit
+def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.constexpr,
+                KEYS_ON_ROWS: tl.constexpr):
+    """Flat index into one head's bias table for every pair of a tile (``w_a = 2 r_a + 1``)."""
+    idx = _axis_offset(qc0, kc0, r0, KEYS_ON_ROWS)
+    if BIAS_AXES > 1:
+        idx = idx * w1 + _axis_offset(qc1, kc1, r1, KEYS_ON_ROWS)
+    if BIAS_AXES > 2:
+        idx = idx * w2 + _axis_offset(qc2, kc2, r2, KEYS_ON_ROWS)
+    return idx
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -124,10 +156,12 @@ def _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, key_ok, A: tl.constexpr
 @triton.jit
 def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
                  lo0, hi0, lo1, hi1, lo2, hi2,
+                 BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
-                 MASKED: tl.constexpr, A: tl.constexpr, BLOCK_N: tl.constexpr,
-                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                 MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                 BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+                 DOT_PREC: tl.constexpr):
     """One step of the online softmax over key tile ``kv_tile``."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
@@ -137,8 +171,12 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if BIAS_AXES > 0:
+        kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
+        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
+        s += tl.load(BIAS + idx) * LOG2E
     if MASKED:
-        c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+        c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
         s = tl.where(ok, s, float("-inf"))
     elif not EVEN_N:
@@ -160,12 +198,14 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                BIAS, BC, stride_bias, r0, r1, r2, w1, w2,
                 stride_qb, stride_qh, stride_qn, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
                 stride_ob, stride_oh, stride_on, stride_od,
                 stride_c, H, N, D, n_tiles, qk_scale,
-                A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                 EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     pid = tl.program_id(0)
@@ -177,6 +217,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     K += b * stride_kb + h * stride_kh
     V += b * stride_vb + h * stride_vh
     O += b * stride_ob + h * stride_oh
+    BIAS += h * stride_bias
 
     offs_m = q_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -186,6 +227,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
                  EVEN_M, EVEN_D)
     lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -196,17 +238,19 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
+                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     False, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                                     False, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
+                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     True, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                                     True, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -225,10 +269,12 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
                c0, c1, c2,
+               BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                stride_qn, stride_qd, stride_don, stride_dod, stride_on, stride_od,
                stride_dqn, stride_dqd, stride_c, N, D, qk_scale, sm_scale,
                offs_m0, offs_d, n_ok,
-               MASKED: tl.constexpr, A: tl.constexpr, BLOCK_M: tl.constexpr,
+               MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+               BLOCK_M: tl.constexpr,
                EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr,
                FUSED_DQ: tl.constexpr):
     """Add query tile ``q_tile``'s share to dK, dV of one key tile (scores held transposed).
@@ -253,14 +299,24 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
     else:
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
+    if BIAS_AXES > 0:
+        qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
+        idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
+        s_t += tl.load(BIAS + idx_t) * LOG2E
     p_t = tl.math.exp2(s_t - lse[None, :])
     if MASKED:
         lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, True)
         p_t = tl.where(ok, p_t, 0.0)
+    else:
+        ok = n_ok[:, None] & m_ok[None, :]
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
+    if BIAS_AXES > 0:
+        # dS of the natural-log score is the bias gradient of each pair (padding excluded: a
+        # padded key row still has p > 0 on full tiles).
+        tl.atomic_add(DBIAS + idx_t, ds_t, mask=ok, sem="relaxed")
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     if FUSED_DQ:
         dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PREC) * sm_scale
@@ -272,6 +328,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                     BIAS, DBIAS, BC, stride_bias, r0, r1, r2, w1, w2,
                      stride_qb, stride_qh, stride_qn, stride_qd,
                      stride_kb, stride_kh, stride_kn, stride_kd,
                      stride_vb, stride_vh, stride_vn, stride_vd,
@@ -281,7 +338,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                      stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                      stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                     A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                      EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     """dK, dV of one key tile, walking the transposed plan (the query tiles that see it); with
@@ -301,6 +359,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     DV += b * stride_dvb + h * stride_dvh
     LSE += bh.to(tl.int64) * N
     DELTA += bh.to(tl.int64) * N
+    BIAS += h * stride_bias
+    DBIAS += bh.to(tl.int64) * stride_bias  # one table per (batch, head): less contention
 
     offs_n = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -311,7 +371,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                  EVEN_N, EVEN_D)
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
-    c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+    c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
+    kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -319,18 +380,20 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     for t in range(0, n_full):
         q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
-                            c0, c1, c2, stride_qn, stride_qd, stride_don, stride_dod,
+                            c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
+                            stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
+                            False, A, BIAS_AXES, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
-                            c0, c1, c2, stride_qn, stride_qd, stride_don, stride_dod,
+                            c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
+                            stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
+                            True, A, BIAS_AXES, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -342,10 +405,12 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
 @triton.jit
 def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
              lo0, hi0, lo1, hi1, lo2, hi2,
+             BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
              stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
              offs_n0, offs_d,
-             MASKED: tl.constexpr, A: tl.constexpr, BLOCK_N: tl.constexpr,
-             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+             MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+             BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+             DOT_PREC: tl.constexpr):
     """Add key tile ``kv_tile``'s share to dQ of one query tile."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
@@ -355,9 +420,13 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+    if BIAS_AXES > 0:
+        kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
+        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
+        s += tl.load(BIAS + idx) * LOG2E
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
-        c0, c1, c2 = _load_key_codes(KC, stride_c, offs_n, n_ok, A)
+        c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
         p = tl.where(ok, p, 0.0)
     elif not EVEN_N:
@@ -371,6 +440,7 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                   BIAS, BC, stride_bias, r0, r1, r2, w1, w2,
                    stride_qb, stride_qh, stride_qn, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
@@ -378,7 +448,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    stride_dob, stride_doh, stride_don, stride_dod,
                    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
                    stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                   A: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     """dQ of one query tile, walking the forward-shaped plan.
@@ -397,6 +468,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     O += b * stride_ob + h * stride_oh
     DO += b * stride_dob + h * stride_doh
     DQ += b * stride_dqb + h * stride_dqh
+    BIAS += h * stride_bias
 
     offs_m = q_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n0 = tl.arange(0, BLOCK_N)
@@ -413,20 +485,23 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
         dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
+                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, False, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                      offs_n0, offs_d, False, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
         dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
+                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, True, A, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                      offs_n0, offs_d, True, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
