@@ -217,7 +217,7 @@ def time_bwd_only(pat, sets, scale, cfg, rep_ms=200):
     """Backward passes alone (delta + dK/dV + dQ) for a TileConfig, forward done beforehand."""
     prepared = []
     for q, k, v in sets[:2]:
-        no_bias = tb._BiasArgs.of(None, q)
+        no_bias = tb._BiasArgs.of(None, q, pat)
         o, lse = tb._forward(q, k, v, no_bias, pat, scale,
                              tb.tile_config(pat, q.shape[-1], q.dtype).fwd)
         prepared.append((torch.randn_like(o), q, k, v, o, lse, no_bias))
@@ -303,6 +303,13 @@ def grid_cases(sweep, budget_s):
         r["bias_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
         r["bias_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
         log(f"{name}: with bias fwd {r['bias_fwd_ms']:.3f} ms fwd+bwd {r['bias_fwd_bwd_ms']:.3f}")
+        default_slots = tb.DBIAS_SLOT_BYTES
+        for slot_bytes in (0, 1 << 22, 1 << 28):  # gradient-table copies: 1 per (b, h), more
+            tb.DBIAS_SLOT_BYTES = slot_bytes
+            r[f"bias_fwd_bwd_ms_slots{slot_bytes}"] = t = time_fwd_bwd(pat, sets, scale,
+                                                                      bias=bias)
+            log(f"{name}:   gradient slot bytes {slot_bytes}: fwd+bwd {t:.3f}")
+        tb.DBIAS_SLOT_BYTES = default_slots
         log(f"{name}: plan {plan_s:.2f}s density128 {r['plan128']['density']:.4f} "
             f"used {r['plan_used']['density']:.4f} (partial {r['plan_used']['partial_share']:.2f}) "
             f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_over_floor']:.2f}x floor, "

@@ -7,7 +7,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["RelativeBias"]
+from .patterns import GridPattern, Neighborhood, Pattern, SequencePattern, Window2D
+
+__all__ = ["RelativeBias", "covering_radius"]
 
 
 class RelativeBias(NamedTuple):
@@ -48,3 +50,34 @@ class RelativeBias(NamedTuple):
         """``[heads, *broadcast(i, j)]`` bias of each pair."""
         index = self.flat_index(i, j)
         return self.table.flatten(1)[:, index.reshape(-1)].reshape(-1, *index.shape)
+
+
+def covering_radius(pattern: Pattern, coords: Tensor) -> tuple[int, ...] | None:
+    """Per grid axis, a radius ``R`` with ``|coords[i] - coords[j]| <= R`` for every pair that
+    ``pattern`` attends, sequence positions ``i, j`` having grid coordinates ``coords`` ``[N, A]``.
+
+    Sequence patterns (``Window``, ``Slide``): the exact maximum over the attended pairs
+    (``window`` vectorized passes over the ``N`` queries). Grid patterns: the bound of their
+    geometry, ``(kernel - 1) * dilation`` for ``Neighborhood`` and ``window_size - 1`` for
+    ``Window2D``, when ``coords`` are those of the pattern's layout; None for other coords.
+    """
+    if isinstance(pattern, GridPattern):
+        if not torch.equal(coords.cpu(), pattern.layout.coords.cpu()):
+            return None
+        if isinstance(pattern, Neighborhood):
+            return tuple((k - 1) * d for k, d in zip(pattern.kernel, pattern.dil))
+        if isinstance(pattern, Window2D):
+            return tuple(w - 1 for w in pattern.size)
+    if not isinstance(pattern, SequencePattern):
+        raise ValueError(f"pattern must be a hilbertattn pattern, got {type(pattern).__name__}")
+    coords = coords.cpu()
+    n = coords.shape[0]
+    pattern.check(n)
+    first, last = pattern.key_range(torch.arange(n), n)
+    radius = torch.zeros(coords.shape[1], dtype=torch.long)
+    # Every pattern here attends at most `window` consecutive keys: visit them by their rank
+    # (ranks past a query's last key repeat the last key, which changes no maximum).
+    for rank in range(pattern.window):
+        keys = torch.minimum(first + rank, last)
+        radius = torch.maximum(radius, (coords - coords[keys]).abs().amax(0))
+    return tuple(int(r) for r in radius)

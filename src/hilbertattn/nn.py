@@ -35,39 +35,22 @@ import torch
 from torch import Tensor, nn
 
 from .bias import RelativeBias
+from .bias import covering_radius as bias_covering_radius
 from .functional import BACKENDS, Backend, attention
 from .layout import Layout
-from .patterns import Neighborhood, Pattern, SequencePattern, Slide, Window, Window2D
+from .patterns import Neighborhood, Pattern, Slide, Window, Window2D
 
 __all__ = ["LocalAttention", "HilbertWindowAttention", "HilbertSlideAttention",
            "NeighborhoodAttention", "WindowAttention2D", "covering_radius"]
 
 
 def covering_radius(pattern: Pattern, layout: Layout) -> tuple[int, ...]:
-    """Per grid axis, a radius ``R`` with ``|coords[i] - coords[j]| <= R`` for every attended pair.
-
-    Sequence patterns (``Window``, ``Slide``): the exact maximum over the attended pairs on
-    ``layout`` (``window`` vectorized passes over the ``N`` queries). Grid patterns: the bound of
-    their geometry, ``(kernel - 1) * dilation`` for ``Neighborhood`` and ``window_size - 1`` for
-    ``Window2D``.
-    """
-    if isinstance(pattern, Neighborhood):
-        return tuple((k - 1) * d for k, d in zip(pattern.kernel, pattern.dil))
-    if isinstance(pattern, Window2D):
-        return tuple(w - 1 for w in pattern.size)
-    if not isinstance(pattern, SequencePattern):
-        raise ValueError(f"pattern must be a hilbertattn pattern, got {type(pattern).__name__}")
-    coords = layout.coords.cpu()
-    n = layout.numel
-    pattern.check(n)
-    first, last = pattern.key_range(torch.arange(n), n)
-    radius = torch.zeros(layout.ndim, dtype=torch.long)
-    # Every pattern here attends at most `window` consecutive keys: visit them by their rank
-    # (ranks past a query's last key repeat the last key, which changes no maximum).
-    for rank in range(pattern.window):
-        keys = torch.minimum(first + rank, last)
-        radius = torch.maximum(radius, (coords - coords[keys]).abs().amax(0))
-    return tuple(int(r) for r in radius)
+    """Per grid axis, a radius ``R`` with ``|coords[i] - coords[j]| <= R`` for every attended pair
+    on ``layout`` (``hilbertattn.bias.covering_radius`` of its coords)."""
+    radius = bias_covering_radius(pattern, layout.coords)
+    if radius is None:
+        raise ValueError(f"layout must be the layout of the grid pattern {pattern}, got {layout}")
+    return radius
 
 
 def _rate(name: str, value: float) -> float:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple, Optional, Sequence, Union
@@ -183,22 +184,54 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
     return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one)
 
 
+# Bias gradient buffers: one copy of the tables per slot (key tile % slots) and (batch, head),
+# as many slots as fit in this many bytes (fewer programs then add into the same entries).
+DBIAS_SLOT_BYTES = 1 << 26
+
+# Per coords tensor: (pattern, radius, version) -> whether no attended pair needs clamping.
+_UNCLAMPED: "weakref.WeakKeyDictionary[Tensor, dict]" = weakref.WeakKeyDictionary()
+
+
+def _offsets_fit_table(pattern, bias) -> bool:
+    """Whether every attended pair's offset lies inside the table (no clamping needed)."""
+    from ..bias import covering_radius
+
+    known = _UNCLAMPED.setdefault(bias.coords, {})
+    key = (pattern, bias.radius, bias.coords._version)
+    if key not in known:
+        cover = covering_radius(pattern, bias.coords)
+        known[key] = cover is not None and all(c <= r for c, r in zip(cover, bias.radius))
+    return known[key]
+
+
 class _BiasArgs(NamedTuple):
     """The relative position bias as the kernels take it (``axes == 0``: none)."""
 
-    table: Tensor  # fp32 [heads, T], T = prod(2 r_a + 1)
-    coords: Tensor  # int32 [axes, N], contiguous
+    table: Tensor  # fp32 [heads, T] in base-2 units (times log2 e), T = prod(2 r_a + 1)
+    coords: Tensor  # int32 [2 * axes, N]: query rows, then key rows
     radii: tuple[int, int, int, int, int]  # r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
     axes: int
 
     @classmethod
-    def of(cls, bias, q: Tensor) -> "_BiasArgs":
+    def of(cls, bias, q: Tensor, pattern) -> "_BiasArgs":
         if bias is None:
             return cls(q, q, (0, 0, 0, 1, 1), 0)  # pointers never read without a bias
+        table = (bias.table.detach().float() * _LOG2E).flatten(1).contiguous()
+        coords = bias.coords.to(device=q.device, dtype=torch.long)
+        if _offsets_fit_table(pattern, bias):
+            # Pack the axes into one code per token (row-major over the table): the flat index
+            # is then one subtraction, qcode[i] - kcode[j], inside the kernel. The kernel's
+            # clamp to [-R, R] + R with R = (T - 1) / 2 only keeps masked pairs in bounds.
+            sizes = [2 * r + 1 for r in bias.radius]
+            mult = [math.prod(sizes[a + 1:]) for a in range(len(sizes))]
+            packed = coords @ torch.tensor(mult, device=q.device)
+            half = (table.shape[1] - 1) // 2
+            centre = sum(r * m for r, m in zip(bias.radius, mult))
+            rows = torch.stack([packed + centre - half, packed])
+            return cls(table, rows.to(torch.int32).contiguous(), (half, 0, 0, 1, 1), 1)
         r = (*bias.radius, 0, 0)[:3]
-        return cls(bias.table.detach().float().flatten(1).contiguous(),
-                   bias.coords.to(device=q.device, dtype=torch.int32).t().contiguous(),
-                   (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(bias.radius))
+        rows = torch.cat([coords.t(), coords.t()]).to(torch.int32).contiguous()
+        return cls(table, rows, (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(bias.radius))
 
     def args(self) -> tuple:
         return (self.table, self.coords, self.table.stride(0) if self.axes else 0, *self.radii)
@@ -239,7 +272,8 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
 
 
 def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: TileConfig):
-    """dQ, dK, dV and the bias table's gradient (fp32 ``[B, heads, T]``, or None)."""
+    """dQ, dK, dV and the bias table's gradient (fp32 ``[slots, B, heads, T]`` to be summed, or
+    None)."""
     B, H, N, D = q.shape
     dev = q.device
     bd = _block_d(D)
@@ -247,8 +281,11 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
-    dbias = torch.zeros((B, *bias.table.shape), dtype=torch.float32, device=dev) \
-        if bias.axes else None
+    dbias = None
+    if bias.axes:
+        per_slot = B * bias.table.numel() * 4
+        slots = max(1, min(triton.cdiv(N, cfg.dkdv.block_n), DBIAS_SLOT_BYTES // per_slot))
+        dbias = torch.zeros((slots, B, *bias.table.shape), dtype=torch.float32, device=dev)
 
     c = cfg.dkdv
     dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
@@ -273,10 +310,11 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     c = cfg.dkdv
     tables, A, _ = dkdv_tables
     n_tiles = triton.cdiv(N, c.block_n)
-    table, coords, *rest = bias.args()
+    table, coords, stride_bias, *radii = bias.args()
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
         q, k, v, o, do, lse, delta, dq, dk, dv, *tables,
-        table, table if dbias is None else dbias, coords, *rest,
+        table, table if dbias is None else dbias, coords, stride_bias,
+        1 if dbias is None else dbias.shape[0], *radii,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
         *_strides(dk), *_strides(dv),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
@@ -290,7 +328,7 @@ class _TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, pattern, scale, cfg, bias):
         # ``table`` is ``bias.table`` passed on its own so that autograd routes its gradient.
-        args = _BiasArgs.of(bias, q)
+        args = _BiasArgs.of(bias, q, pattern)
         o, lse = _forward(q, k, v, args, pattern, scale, cfg.fwd)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.bias_args = args
@@ -308,7 +346,7 @@ class _TritonAttention(torch.autograd.Function):
                                       ctx.scale, ctx.cfg)
         dtable = None
         if dbias is not None and ctx.needs_input_grad[3]:
-            dtable = dbias.sum(0).to(ctx.table_dtype).view(ctx.table_shape)
+            dtable = dbias.sum((0, 1)).to(ctx.table_dtype).view(ctx.table_shape)
         return dq, dk, dv, dtable, None, None, None, None
 
 

@@ -12,11 +12,13 @@ Conventions shared by every kernel:
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
   ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. No dense mask is ever materialized.
-- Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
-  natural-log score, where ``idx`` combines the per-axis grid offsets ``coord[a, i] - coord[a, j]``
-  clamped to ``[-r_a, r_a]`` (row-major over a table of ``(2 r_a + 1)`` per axis). Its gradient is
-  the sum of ``dS`` over the pairs sharing an entry, added with atomics by the dK/dV pass (the
-  only pass that visits every attended pair once).
+- Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` (already in
+  base-2 units) is added to the score, where ``idx`` combines per-axis offsets
+  ``qcoord[a, i] - kcoord[a, j]`` clamped to ``[-r_a, r_a]`` (row-major over a table of
+  ``2 r_a + 1`` per axis). The coordinate table holds the ``BIAS_AXES`` query rows, then the key
+  rows (the launcher may pack all grid axes into one row when no offset needs clamping). The
+  gradient is the sum of ``dS`` over the pairs sharing an entry, added with atomics by the dK/dV
+  pass (the only pass that visits every attended pair once).
 - Per-token tables (mask codes, bias coordinates) are int32 ``[rows, N]`` with row stride
   ``stride_c``.
 - Softmax runs in base 2: scores are multiplied by ``scale * log2(e)`` and exponentiated with
@@ -172,9 +174,9 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
     if BIAS_AXES > 0:
-        kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
+        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx) * LOG2E
+        s += tl.load(BIAS + idx)
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
@@ -302,7 +304,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
     if BIAS_AXES > 0:
         qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
         idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
-        s_t += tl.load(BIAS + idx_t) * LOG2E
+        s_t += tl.load(BIAS + idx_t)
     p_t = tl.math.exp2(s_t - lse[None, :])
     if MASKED:
         lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
@@ -328,7 +330,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
-                     BIAS, DBIAS, BC, stride_bias, r0, r1, r2, w1, w2,
+                     BIAS, DBIAS, BC, stride_bias, n_slots, r0, r1, r2, w1, w2,
                      stride_qb, stride_qh, stride_qn, stride_qd,
                      stride_kb, stride_kh, stride_kn, stride_kd,
                      stride_vb, stride_vh, stride_vn, stride_vd,
@@ -360,7 +362,10 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     LSE += bh.to(tl.int64) * N
     DELTA += bh.to(tl.int64) * N
     BIAS += h * stride_bias
-    DBIAS += bh.to(tl.int64) * stride_bias  # one table per (batch, head): less contention
+    # One table per (slot, batch, head), slot = key tile % n_slots: fewer programs add into
+    # the same entries.
+    n_bh = tl.num_programs(0) // n_tiles
+    DBIAS += ((kv_tile % n_slots).to(tl.int64) * n_bh + bh) * stride_bias
 
     offs_n = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -372,7 +377,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
     c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
-    kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
+    kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -421,9 +426,9 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
     if BIAS_AXES > 0:
-        kb0, kb1, kb2 = _load_rows(BC, stride_c, offs_n, n_ok, BIAS_AXES)
+        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx) * LOG2E
+        s += tl.load(BIAS + idx)
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
