@@ -34,7 +34,7 @@ import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 from hilbertattn.backends import triton as tb  # noqa: E402
-from hilbertattn.bias import RelativeBias  # noqa: E402
+from hilbertattn.bias import RelativeBias, covering_radius  # noqa: E402
 from hilbertattn.layout import Layout  # noqa: E402
 from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
 from hilbertattn.plan import block_plan  # noqa: E402
@@ -297,19 +297,16 @@ def grid_cases(sweep, budget_s):
         r["sol_fwd_ms"] = sol
         r["fwd_share_of_sol"] = sol / r["fwd_ms"]
         r["fwd_speedup_vs_sdpa"] = res["sdpa_fwd_ms"] / r["fwd_ms"]
-        # A 13x13-offset relative position bias (NAT's table for a 7x7 kernel), with gradient.
-        table = torch.randn(h, 13, 13, device=DEV, requires_grad=True)
-        bias = RelativeBias(table, g.coords)
-        r["bias_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
-        r["bias_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
-        log(f"{name}: with bias fwd {r['bias_fwd_ms']:.3f} ms fwd+bwd {r['bias_fwd_bwd_ms']:.3f}")
-        default_slots = tb.DBIAS_SLOT_BYTES
-        for slot_bytes in (0, 1 << 22, 1 << 28):  # gradient-table copies: 1 per (b, h), more
-            tb.DBIAS_SLOT_BYTES = slot_bytes
-            r[f"bias_fwd_bwd_ms_slots{slot_bytes}"] = t = time_fwd_bwd(pat, sets, scale,
-                                                                      bias=bias)
-            log(f"{name}:   gradient slot bytes {slot_bytes}: fwd+bwd {t:.3f}")
-        tb.DBIAS_SLOT_BYTES = default_slots
+        # Relative position bias with gradient: a table covering every offset (one packed code
+        # per token) and a 7x7 one (per-axis clamping), both with the default gradient slots.
+        cover = covering_radius(pat, g.coords)
+        for label, radius in (("packed", cover), ("clamped", (3, 3))):
+            table = torch.randn(h, *(2 * r + 1 for r in radius), device=DEV, requires_grad=True)
+            bias = RelativeBias(table, g.coords)
+            r[f"bias_{label}_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
+            r[f"bias_{label}_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
+            log(f"{name}: bias {label} {radius}: fwd {r[f'bias_{label}_fwd_ms']:.3f} ms "
+                f"fwd+bwd {r[f'bias_{label}_fwd_bwd_ms']:.3f}")
         log(f"{name}: plan {plan_s:.2f}s density128 {r['plan128']['density']:.4f} "
             f"used {r['plan_used']['density']:.4f} (partial {r['plan_used']['partial_share']:.2f}) "
             f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_over_floor']:.2f}x floor, "

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from hilbertattn import Layout
+from hilbertattn.bias import covering_radius as bias_covering_radius
+from hilbertattn.patterns import Neighborhood
 from hilbertattn.nn import (HilbertSlideAttention, HilbertWindowAttention, NeighborhoodAttention,
                             WindowAttention2D, covering_radius)
 
@@ -94,6 +96,14 @@ def test_covering_radius_covers_every_attended_pair(name, grid, make, dense_mask
     assert (offsets <= radius).all()
     if name.startswith(("hwa", "hsa")):  # measured on the layout: the exact maximum
         assert (offsets.amax(0) == radius).all()
+
+
+def test_grid_pattern_radius_needs_its_own_layout():
+    pattern = Neighborhood(Layout((6, 7)), 3)
+    assert bias_covering_radius(pattern, Layout((6, 7)).coords) == (2, 2)
+    assert bias_covering_radius(pattern, Layout((6, 7), "rowmajor").coords) is None
+    with pytest.raises(ValueError, match="layout"):
+        covering_radius(pattern, Layout((6, 7), "rowmajor"))
 
 
 def test_neighborhood_radius_is_nats_table():

@@ -188,26 +188,51 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
 # as many slots as fit in this many bytes (fewer programs then add into the same entries).
 DBIAS_SLOT_BYTES = 1 << 26
 
-# Per coords tensor: (pattern, radius, version) -> whether no attended pair needs clamping.
-_UNCLAMPED: "weakref.WeakKeyDictionary[Tensor, dict]" = weakref.WeakKeyDictionary()
+# id(coords) -> (weak reference to coords, {(pattern, radius, version, device): key rows}).
+# Keyed by id because tensors compare elementwise; the weak reference tells a reused id apart.
+_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
 
 
-def _offsets_fit_table(pattern, bias) -> bool:
-    """Whether every attended pair's offset lies inside the table (no clamping needed)."""
+def _coordinate_rows(pattern, bias, device: torch.device) -> tuple[Tensor, tuple, int]:
+    """The kernels' coordinate table, radii and axis count for ``bias`` under ``pattern``, built
+    once per (coords, pattern, radius, device): a call then launches nothing for them."""
+    coords = bias.coords
+    ref, known = _ROWS.get(id(coords), (None, None))
+    if ref is None or ref() is not coords:
+        ref, known = weakref.ref(coords, lambda _, i=id(coords): _ROWS.pop(i, None)), {}
+        _ROWS[id(coords)] = (ref, known)
+    key = (pattern, bias.radius, coords._version, device)
+    if key not in known:
+        known[key] = _build_rows(pattern, bias, device)
+    return known[key]
+
+
+def _build_rows(pattern, bias, device: torch.device) -> tuple[Tensor, tuple, int]:
     from ..bias import covering_radius
 
-    known = _UNCLAMPED.setdefault(bias.coords, {})
-    key = (pattern, bias.radius, bias.coords._version)
-    if key not in known:
-        cover = covering_radius(pattern, bias.coords)
-        known[key] = cover is not None and all(c <= r for c, r in zip(cover, bias.radius))
-    return known[key]
+    radius = bias.radius
+    coords = bias.coords.to(device=device, dtype=torch.long)
+    cover = covering_radius(pattern, bias.coords)
+    if cover is not None and all(c <= r for c, r in zip(cover, radius)):
+        # No attended pair needs clamping: pack the axes into one code per token (row-major
+        # over the table), so that the flat index is one subtraction, qcode[i] - kcode[j], in
+        # the kernel. Its clamp to [-R, R] + R, R = (T - 1) / 2, keeps masked pairs in bounds.
+        sizes = [2 * r + 1 for r in radius]
+        mult = [math.prod(sizes[a + 1:]) for a in range(len(sizes))]
+        packed = sum(coords[:, a] * m for a, m in enumerate(mult))
+        half = (math.prod(sizes) - 1) // 2
+        centre = sum(r * m for r, m in zip(radius, mult))
+        rows = torch.stack([packed + centre - half, packed])
+        return rows.to(torch.int32).contiguous(), (half, 0, 0, 1, 1), 1
+    r = (*radius, 0, 0)[:3]
+    rows = torch.cat([coords.t(), coords.t()]).to(torch.int32).contiguous()
+    return rows, (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(radius)
 
 
 class _BiasArgs(NamedTuple):
     """The relative position bias as the kernels take it (``axes == 0``: none)."""
 
-    table: Tensor  # fp32 [heads, T] in base-2 units (times log2 e), T = prod(2 r_a + 1)
+    table: Tensor  # fp32 [heads, T], T = prod(2 r_a + 1)
     coords: Tensor  # int32 [2 * axes, N]: query rows, then key rows
     radii: tuple[int, int, int, int, int]  # r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
     axes: int
@@ -216,22 +241,8 @@ class _BiasArgs(NamedTuple):
     def of(cls, bias, q: Tensor, pattern) -> "_BiasArgs":
         if bias is None:
             return cls(q, q, (0, 0, 0, 1, 1), 0)  # pointers never read without a bias
-        table = (bias.table.detach().float() * _LOG2E).flatten(1).contiguous()
-        coords = bias.coords.to(device=q.device, dtype=torch.long)
-        if _offsets_fit_table(pattern, bias):
-            # Pack the axes into one code per token (row-major over the table): the flat index
-            # is then one subtraction, qcode[i] - kcode[j], inside the kernel. The kernel's
-            # clamp to [-R, R] + R with R = (T - 1) / 2 only keeps masked pairs in bounds.
-            sizes = [2 * r + 1 for r in bias.radius]
-            mult = [math.prod(sizes[a + 1:]) for a in range(len(sizes))]
-            packed = coords @ torch.tensor(mult, device=q.device)
-            half = (table.shape[1] - 1) // 2
-            centre = sum(r * m for r, m in zip(bias.radius, mult))
-            rows = torch.stack([packed + centre - half, packed])
-            return cls(table, rows.to(torch.int32).contiguous(), (half, 0, 0, 1, 1), 1)
-        r = (*bias.radius, 0, 0)[:3]
-        rows = torch.cat([coords.t(), coords.t()]).to(torch.int32).contiguous()
-        return cls(table, rows, (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(bias.radius))
+        rows, radii, axes = _coordinate_rows(pattern, bias, q.device)
+        return cls(bias.table.detach().float().flatten(1).contiguous(), rows, radii, axes)
 
     def args(self) -> tuple:
         return (self.table, self.coords, self.table.stride(0) if self.axes else 0, *self.radii)

@@ -12,8 +12,8 @@ Conventions shared by every kernel:
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
   ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. No dense mask is ever materialized.
-- Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` (already in
-  base-2 units) is added to the score, where ``idx`` combines per-axis offsets
+- Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
+  natural-log score, where ``idx`` combines per-axis offsets
   ``qcoord[a, i] - kcoord[a, j]`` clamped to ``[-r_a, r_a]`` (row-major over a table of
   ``2 r_a + 1`` per axis). The coordinate table holds the ``BIAS_AXES`` query rows, then the key
   rows (the launcher may pack all grid axes into one row when no offset needs clamping). The
@@ -176,7 +176,7 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
     if BIAS_AXES > 0:
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx)
+        s += tl.load(BIAS + idx) * LOG2E
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
@@ -304,7 +304,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
     if BIAS_AXES > 0:
         qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
         idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
-        s_t += tl.load(BIAS + idx_t)
+        s_t += tl.load(BIAS + idx_t) * LOG2E
     p_t = tl.math.exp2(s_t - lse[None, :])
     if MASKED:
         lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
@@ -428,7 +428,7 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
     if BIAS_AXES > 0:
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx)
+        s += tl.load(BIAS + idx) * LOG2E
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
