@@ -139,6 +139,17 @@ def _axis_offset(qc, kc, r, KEYS_ON_ROWS: tl.constexpr):
 
 
 @triton.jit
+def _add_bias(s, BIAS, idx, ok, MASKED: tl.constexpr):
+    """``s + table[idx] * log2(e)``; on masked tiles only the attended pairs read the table
+    (fewer cache lines: masked pairs' indices scatter over the whole table)."""
+    if MASKED:
+        b = tl.load(BIAS + idx, mask=ok, other=0.0)
+    else:
+        b = tl.load(BIAS + idx)
+    return s + b * LOG2E
+
+
+@triton.jit
 def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.constexpr,
                 KEYS_ON_ROWS: tl.constexpr):
     """Flat index into one head's bias table for every pair of a tile (``w_a = 2 r_a + 1``)."""
@@ -173,13 +184,15 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-    if BIAS_AXES > 0:
-        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
-        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx) * LOG2E
+    ok = n_ok[None, :]
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
+    if BIAS_AXES > 0:
+        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
+        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
+        s = _add_bias(s, BIAS, idx, ok, MASKED)
+    if MASKED:
         s = tl.where(ok, s, float("-inf"))
     elif not EVEN_N:
         s = tl.where(n_ok[None, :], s, float("-inf"))
@@ -301,17 +314,18 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
     else:
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
-    if BIAS_AXES > 0:
-        qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
-        idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
-        s_t += tl.load(BIAS + idx_t) * LOG2E
-    p_t = tl.math.exp2(s_t - lse[None, :])
     if MASKED:
         lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, True)
-        p_t = tl.where(ok, p_t, 0.0)
     else:
         ok = n_ok[:, None] & m_ok[None, :]
+    if BIAS_AXES > 0:
+        qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
+        idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
+        s_t = _add_bias(s_t, BIAS, idx_t, ok, MASKED)
+    p_t = tl.math.exp2(s_t - lse[None, :])
+    if MASKED:
+        p_t = tl.where(ok, p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -425,14 +439,16 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
     v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
                  EVEN_N, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-    if BIAS_AXES > 0:
-        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
-        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s += tl.load(BIAS + idx) * LOG2E
-    p = tl.math.exp2(s - lse[:, None])
+    ok = n_ok[None, :]
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
+    if BIAS_AXES > 0:
+        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
+        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
+        s = _add_bias(s, BIAS, idx, ok, MASKED)
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
         p = tl.where(ok, p, 0.0)
     elif not EVEN_N:
         p = tl.where(n_ok[None, :], p, 0.0)
