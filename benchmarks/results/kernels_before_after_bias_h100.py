@@ -1,3 +1,5 @@
+"""Forward and forward+backward do_bench timings of the triton backend without a bias (see
+kernels_before_after_bias_h100.txt for the command and the results)."""
 import torch, sys
 from triton.testing import do_bench
 from hilbertattn.backends import triton as tb
