@@ -12,7 +12,8 @@ from .layout import Layout
 from .patterns import Neighborhood, Pattern, Slide, Window, Window2D
 
 __all__ = ["attention", "window_attention", "slide_attention", "neighborhood_attention",
-           "window_attention_2d", "BACKENDS", "resolve_backend", "check_qkv"]
+           "window_attention_2d", "BACKENDS", "resolve_backend", "check_qkv",
+           "check_bias"]
 
 Backend = Literal["auto", "triton", "flex", "reference"]
 BACKENDS = ("auto", "triton", "flex", "reference")
@@ -41,6 +42,17 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor,
                          f"{v.device}")
 
 
+def check_bias(bias: RelativeBias, q: Tensor) -> None:
+    """Raise ``ValueError`` unless ``bias`` is a ``RelativeBias`` for the heads and tokens of
+    ``q`` ``[B, heads, N, D]``, its table on the device of ``q``."""
+    if not isinstance(bias, RelativeBias):
+        raise ValueError(f"bias must be a hilbertattn.RelativeBias, got {type(bias).__name__}")
+    bias.check(q.shape[1], q.shape[2])
+    if bias.table.device != q.device:
+        raise ValueError(f"bias.table must be on the device of q ({q.device}), got "
+                         f"{bias.table.device}")
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
                   bias: RelativeBias | None) -> None:
     check_qkv(q, k, v)
@@ -49,12 +61,7 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern,
                          f"Window2D), got {type(pattern).__name__}")
     pattern.check(q.shape[2])
     if bias is not None:
-        if not isinstance(bias, RelativeBias):
-            raise ValueError(f"bias must be a hilbertattn.RelativeBias, got {type(bias).__name__}")
-        bias.check(q.shape[1], q.shape[2])
-        if bias.table.device != q.device:
-            raise ValueError(f"bias.table must be on the device of q ({q.device}), got "
-                             f"{bias.table.device}")
+        check_bias(bias, q)
 
 
 def _triton_ready(q: Tensor) -> bool:

@@ -9,11 +9,12 @@ launches the passes:
 - backward (dQ, dK, dV without atomics): dQ with one program per (query tile, batch*head)
   walking the forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV
   with one program per (key tile, batch*head) walking the transposed plan (the query tiles that
-  see each key tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached). When every
-  query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV pass also
-  completes dQ and the dQ pass is skipped;
+  see each key tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached).
+  When every query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV
+  pass also completes dQ and the dQ pass is skipped;
 - a relative position bias is gathered from its table inside every pass; its gradient is added
-  to a per-(batch, head) copy of the table with atomics in the dK/dV pass, then summed over B.
+  with atomics in the dK/dV pass to copies of the table per (slot of key tiles, batch, head),
+  then summed (see ``DBIAS_SLOT_BYTES``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from ..functional import check_qkv
+from ..functional import check_bias, check_qkv
 
 try:
     import triton
@@ -415,11 +416,7 @@ def triton_attention(
         raise NotImplementedError(f"the triton backend needs triton: {_TRITON_ERROR}")
     _check(q, k, v)
     if bias is not None:
-        from ..bias import RelativeBias
-
-        if not isinstance(bias, RelativeBias):
-            raise ValueError(f"bias must be a hilbertattn.RelativeBias, got {type(bias).__name__}")
-        bias.check(q.shape[1], q.shape[2])
+        check_bias(bias, q)
         if not 1 <= len(bias.radius) <= 3:
             raise ValueError(f"bias.coords must have 1 to 3 axes for the triton backend, got "
                              f"{len(bias.radius)}")
