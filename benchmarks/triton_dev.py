@@ -40,6 +40,7 @@ from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: 
 from hilbertattn.plan import block_plan  # noqa: E402
 
 DEV = torch.device("cpu" if SMOKE else "cuda")
+BIAS_TILE_BYTES = tb.BIAS_TILE_BYTES  # the default, restored after each case
 GRID = 16 if SMOKE else 256  # side of the benchmark grid
 SMALL = (10, 9) if SMOKE else (17, 23)  # odd grid of the correctness checks
 SQUARE = 13 if SMOKE else 32  # NA 13 must fit
@@ -109,10 +110,10 @@ def check_small():
          60 if SMOKE else 360, torch.bfloat16, 64),
     ]
     # Every case once more with a random relative position bias on its grid (fixed radius 4:
-    # clamps the far pairs of the long sequence patterns).
+    # clamps the far pairs of the long sequence patterns), as expanded blocks and gathered.
     layouts = {g17.numel: g17, g32.numel: g32}
-    cases += [(f"{name}+bias", pat, n, dtype, d) for name, pat, n, dtype, d in cases
-              if n in layouts]
+    cases += [(f"{name}+bias{form}", pat, n, dtype, d) for name, pat, n, dtype, d in cases
+              if n in layouts for form in ("", "+gather")]
     out = {}
     for name, pat, n, dtype, d in cases:
         if SMOKE:
@@ -129,7 +130,8 @@ def check_small():
                    for _ in range(3))
         scale = d**-0.5
         bias = bias_r = None
-        if name.endswith("+bias"):
+        tb.BIAS_TILE_BYTES = 0 if name.endswith("+gather") else BIAS_TILE_BYTES
+        if "+bias" in name:
             table = torch.randn(h, 9, 9, device=DEV, requires_grad=True)
             bias = RelativeBias(table, layouts[n].coords)
             table_r = table.detach().clone().requires_grad_()
@@ -217,7 +219,7 @@ def time_bwd_only(pat, sets, scale, cfg, rep_ms=200):
     """Backward passes alone (delta + dK/dV + dQ) for a TileConfig, forward done beforehand."""
     prepared = []
     for q, k, v in sets[:2]:
-        no_bias = tb._BiasArgs.of(None, q, pat)
+        no_bias = tb._BiasArgs.of(None, pat)
         o, lse = tb._forward(q, k, v, no_bias, pat, scale,
                              tb.tile_config(pat, q.shape[-1], q.dtype).fwd)
         prepared.append((torch.randn_like(o), q, k, v, o, lse, no_bias))
@@ -298,15 +300,21 @@ def grid_cases(sweep, budget_s):
         r["fwd_share_of_sol"] = sol / r["fwd_ms"]
         r["fwd_speedup_vs_sdpa"] = res["sdpa_fwd_ms"] / r["fwd_ms"]
         # Relative position bias with gradient: a table covering every offset (one packed code
-        # per token) and a 7x7 one (per-axis clamping), both with the default gradient slots.
+        # per token) and a 7x7 one (per-axis clamping); as expanded blocks where they fit
+        # BIAS_TILE_BYTES, and gathered from the table.
         cover = covering_radius(pat, g.coords)
-        for label, radius in (("packed", cover), ("clamped", (3, 3))):
-            table = torch.randn(h, *(2 * r + 1 for r in radius), device=DEV, requires_grad=True)
-            bias = RelativeBias(table, g.coords)
-            r[f"bias_{label}_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
-            r[f"bias_{label}_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
-            log(f"{name}: bias {label} {radius}: fwd {r[f'bias_{label}_fwd_ms']:.3f} ms "
-                f"fwd+bwd {r[f'bias_{label}_fwd_bwd_ms']:.3f}")
+        for form, budget in (("", BIAS_TILE_BYTES), ("gather_", 0)):
+            tb.BIAS_TILE_BYTES = budget
+            for label, radius in (("packed", cover), ("clamped", (3, 3))):
+                table = torch.randn(h, *(2 * r + 1 for r in radius), device=DEV,
+                                    requires_grad=True)
+                bias = RelativeBias(table, g.coords)
+                key = f"bias_{form}{label}"
+                r[f"{key}_fwd_ms"] = time_fwd(pat, sets, scale, bias=bias)
+                r[f"{key}_fwd_bwd_ms"] = time_fwd_bwd(pat, sets, scale, bias=bias)
+                log(f"{name}: {key} {radius}: fwd {r[f'{key}_fwd_ms']:.3f} ms "
+                    f"fwd+bwd {r[f'{key}_fwd_bwd_ms']:.3f}")
+        tb.BIAS_TILE_BYTES = BIAS_TILE_BYTES
         log(f"{name}: plan {plan_s:.2f}s density128 {r['plan128']['density']:.4f} "
             f"used {r['plan_used']['density']:.4f} (partial {r['plan_used']['partial_share']:.2f}) "
             f"fwd {r['fwd_ms']:.3f} ms ({r['fwd_over_floor']:.2f}x floor, "

@@ -107,7 +107,8 @@ def check(pattern, n, d, dtype, *, b=2, h=2, tiles=(16, 32), make=None, grad_out
     scale = d**-0.5
     out = tb.triton_attention(q, k, v, pattern, scale, bias=bias, tiles=tiles)
     if bias is not None:  # a covering table takes the packed one-code path, a smaller one clamps
-        assert (tb._BiasArgs.of(bias, q, pattern).axes == 1) == (bias_radius is None)
+        rows = tb._coordinate_rows(pattern, tb._content(bias.coords), bias.radius, q.device)
+        assert (rows[2] == 1) == (bias_radius is None)
     assert out.shape == q.shape and out.dtype == dtype
     do = torch.randn(out.shape, generator=g).to(dtype) if grad_out is None else grad_out(g)
     out.backward(do)
@@ -148,15 +149,56 @@ BIAS_CASES = {
 }
 
 
+@pytest.mark.parametrize("form", ["blocks", "gather"])
 @pytest.mark.parametrize("name", list(BIAS_CASES))
 @pytest.mark.parametrize("dtype, d", [(torch.float32, 24), (torch.float16, 32)])
-def test_relative_position_bias(name, dtype, d):
-    make, n, layout, radius = BIAS_CASES[name]
-    check(make(), n, d, dtype, bias_layout=layout, bias_radius=radius)
-
-
-def test_bias_with_the_fused_one_pass_backward():
+def test_relative_position_bias(name, dtype, d, form, monkeypatch):
+    # Expanded blocks are taken up to BIAS_TILE_BYTES; 0 forces the gather form in every pass.
     tb = _backend()
+    if form == "gather":
+        monkeypatch.setattr(tb, "BIAS_TILE_BYTES", 0)
+    make, n, layout, radius = BIAS_CASES[name]
+    pattern = make()
+    bias = RelativeBias(torch.zeros(2, *(2 * r + 1 for r in radius or (0,) * layout.ndim)),
+                        layout.coords)
+    q = torch.zeros(2, 2, n, d)
+    assert tb._BiasArgs.of(bias, pattern).for_pass(q, 16, 32).tiles == (form == "blocks")
+    check(pattern, n, d, dtype, bias_layout=layout, bias_radius=radius)
+
+
+def test_bias_blocks_follow_each_pass_plan():
+    # Block r * slots + t of a pass holds the bias of the t-th tile that row tile r visits (full
+    # tiles first), oriented as the pass holds its scores: [queries, keys], or [keys, queries]
+    # for the transposed dK/dV plan.
+    tb = _backend()
+    layout = Layout((6, 7))
+    pattern = Neighborhood(layout, 3)
+    table = torch.randn(1, 5, 5)
+    bias = RelativeBias(table, layout.coords)
+    q = torch.zeros(1, 1, layout.numel, 16)
+    n, i = layout.numel, torch.arange(layout.numel)
+    dense = bias.values(i[:, None], i[None, :])[0]
+    for transposed in (False, True):
+        pb = tb._BiasArgs.of(bias, pattern).for_pass(q, 16, 32, transposed)
+        plan = block_plan(pattern, n, 16, 32)
+        plan = plan.transposed() if transposed else plan
+        rows, cols = (32, 16) if transposed else (16, 32)
+        for r in range(plan.n_q_tiles):
+            visits = [*plan.full_indices[r, :plan.full_counts[r]].tolist(),
+                      *plan.partial_indices[r, :plan.partial_counts[r]].tolist()]
+            for t, c in enumerate(visits):
+                a = torch.arange(r * rows, min(n, (r + 1) * rows))
+                b = torch.arange(c * cols, min(n, (c + 1) * cols))
+                want = dense[b][:, a].t() if transposed else dense[a][:, b]
+                got = pb.values[0, r * pb.slots + t, :len(a), :len(b)]
+                torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("form", ["blocks", "gather"])
+def test_bias_with_the_fused_one_pass_backward(form, monkeypatch):
+    tb = _backend()
+    if form == "gather":
+        monkeypatch.setattr(tb, "BIAS_TILE_BYTES", 0)
     cfg = tb.TileConfig(fwd=tb.PassConfig(32, 32), dkdv=tb.PassConfig(32, 32),
                         dq=tb.PassConfig(16, 16))
     check(Window(32), 90, 16, torch.float32, tiles=cfg, bias_layout=Layout((9, 10)))

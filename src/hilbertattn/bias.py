@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .patterns import GridPattern, Neighborhood, Pattern, SequencePattern, Window2D
 
-__all__ = ["RelativeBias", "covering_radius"]
+__all__ = ["RelativeBias", "covering_radius", "offset_index"]
 
 
 class RelativeBias(NamedTuple):
@@ -39,12 +39,7 @@ class RelativeBias(NamedTuple):
 
     def flat_index(self, i: Tensor, j: Tensor) -> Tensor:
         """Index into ``table.flatten(1)`` for each broadcast pair ``(i, j)``."""
-        coords = self.coords.to(i.device)
-        index = torch.zeros((), dtype=torch.long, device=i.device)
-        for a, r in enumerate(self.radius):
-            offset = (coords[i, a] - coords[j, a]).clamp(-r, r) + r
-            index = index * (2 * r + 1) + offset
-        return index
+        return offset_index(self.coords.to(i.device), self.radius, i, j)
 
     def values(self, i: Tensor, j: Tensor) -> Tensor:
         """``[heads, *broadcast(i, j)]`` bias of each pair."""
@@ -81,3 +76,14 @@ def covering_radius(pattern: Pattern, coords: Tensor) -> tuple[int, ...] | None:
         keys = torch.minimum(first + rank, last)
         radius = torch.maximum(radius, (coords - coords[keys]).abs().amax(0))
     return tuple(int(r) for r in radius)
+
+
+def offset_index(coords: Tensor, radius: tuple[int, ...], i: Tensor, j: Tensor) -> Tensor:
+    """Flat index, row-major over a table of ``2 r + 1`` entries per axis, of the offset
+    ``coords[i] - coords[j]`` clamped to ``[-r, r]`` on each axis, for every broadcast pair of
+    sequence positions ``(i, j)`` (``coords``: ``[N, A]`` on the device of ``i``)."""
+    index = torch.zeros((), dtype=torch.long, device=i.device)
+    for a, r in enumerate(radius):
+        offset = (coords[i, a] - coords[j, a]).clamp(-r, r) + r
+        index = index * (2 * r + 1) + offset
+    return index

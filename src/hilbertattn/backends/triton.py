@@ -12,13 +12,17 @@ launches the passes:
   see each key tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached).
   When every query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV
   pass also completes dQ and the dQ pass is skipped;
-- a relative position bias is gathered from its table inside every pass; its gradient is added
-  with atomics in the dK/dV pass to copies of the table per (slot of key tiles, batch, head),
-  then summed (see ``DBIAS_SLOT_BYTES``).
+- a relative position bias is added inside every pass, its gradient with atomics in the dK/dV
+  pass. Each pass expands it, per head, into one block per tile it visits (shared by the batch;
+  the tile then reads it coalesced) and the gradient blocks are folded back into the table;
+  where those blocks would pass ``BIAS_TILE_BYTES``, the pass gathers from the table pair by
+  pair instead, its gradient going to copies of the table per (slot of key tiles, batch, head)
+  (see ``DBIAS_SLOT_BYTES``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import weakref
@@ -185,68 +189,161 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
     return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one)
 
 
-# Bias gradient buffers: one copy of the tables per slot (key tile % slots) and (batch, head),
-# as many slots as fit in this many bytes (fewer programs then add into the same entries).
+# Bias gradient buffers of the gather form: one copy of the tables per slot (key tile % slots)
+# and (batch, head), as many slots as fit in this many bytes (fewer programs then add into the
+# same entries).
 DBIAS_SLOT_BYTES = 1 << 26
-
-# id(coords) -> (weak reference to coords, {(pattern, radius, version, device): key rows}).
-# Keyed by id because tensors compare elementwise; the weak reference tells a reused id apart.
-_ROWS: dict[int, tuple[weakref.ref, dict]] = {}
-
-
-def _coordinate_rows(pattern, bias, device: torch.device) -> tuple[Tensor, tuple, int]:
-    """The kernels' coordinate table, radii and axis count for ``bias`` under ``pattern``, built
-    once per (coords, pattern, radius, device): a call then launches nothing for them."""
-    coords = bias.coords
-    ref, known = _ROWS.get(id(coords), (None, None))
-    if ref is None or ref() is not coords:
-        ref, known = weakref.ref(coords, lambda _, i=id(coords): _ROWS.pop(i, None)), {}
-        _ROWS[id(coords)] = (ref, known)
-    key = (pattern, bias.radius, coords._version, device)
-    if key not in known:
-        known[key] = _build_rows(pattern, bias, device)
-    return known[key]
+# A pass takes the bias as expanded blocks (one per visited tile, per head) when their fp32
+# gradient fits in this many bytes; otherwise it gathers from the table pair by pair, which
+# costs a scattered read per pair (several times the attention itself on small heads).
+BIAS_TILE_BYTES = 1 << 29
 
 
-def _build_rows(pattern, bias, device: torch.device) -> tuple[Tensor, tuple, int]:
+class _Coords:
+    """Bias coordinates compared by content, so that modules holding equal copies (every block
+    of a stage) share the derived index tables."""
+
+    def __init__(self, coords: Tensor) -> None:
+        host = coords.detach().to("cpu", torch.int64).contiguous()
+        self.tensor = coords
+        self.key = (tuple(host.shape), hashlib.sha1(host.numpy().tobytes()).hexdigest())
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Coords) and self.key == other.key
+
+
+# id(coords) -> (weak reference, version, _Coords). Keyed by id because tensors compare
+# elementwise; the weak reference tells a reused id apart, the version an in-place change.
+_COORDS: dict[int, tuple[weakref.ref, int, _Coords]] = {}
+
+
+def _content(coords: Tensor) -> _Coords:
+    ref, version, content = _COORDS.get(id(coords), (None, None, None))
+    if ref is None or ref() is not coords or version != coords._version:
+        content = _Coords(coords)
+        ref = weakref.ref(coords, lambda _, i=id(coords): _COORDS.pop(i, None))
+        _COORDS[id(coords)] = (ref, coords._version, content)
+    return content
+
+
+@lru_cache(maxsize=256)
+def _coordinate_rows(pattern, coords: _Coords, radius: tuple[int, ...],
+                     device: torch.device) -> tuple[Tensor, tuple, int]:
+    """The gather form's coordinate table, radii and axis count, built once per (coords,
+    pattern, radius, device): a call then launches nothing for them."""
     from ..bias import covering_radius
 
-    radius = bias.radius
-    coords = bias.coords.to(device=device, dtype=torch.long)
-    cover = covering_radius(pattern, bias.coords)
+    xy = coords.tensor.to(device=device, dtype=torch.long)
+    cover = covering_radius(pattern, coords.tensor)
     if cover is not None and all(c <= r for c, r in zip(cover, radius)):
         # No attended pair needs clamping: pack the axes into one code per token (row-major
         # over the table), so that the flat index is one subtraction, qcode[i] - kcode[j], in
         # the kernel. Its clamp to [-R, R] + R, R = (T - 1) / 2, keeps masked pairs in bounds.
         sizes = [2 * r + 1 for r in radius]
         mult = [math.prod(sizes[a + 1:]) for a in range(len(sizes))]
-        packed = sum(coords[:, a] * m for a, m in enumerate(mult))
+        packed = sum(xy[:, a] * m for a, m in enumerate(mult))
         half = (math.prod(sizes) - 1) // 2
         centre = sum(r * m for r, m in zip(radius, mult))
         rows = torch.stack([packed + centre - half, packed])
         return rows.to(torch.int32).contiguous(), (half, 0, 0, 1, 1), 1
     r = (*radius, 0, 0)[:3]
-    rows = torch.cat([coords.t(), coords.t()]).to(torch.int32).contiguous()
+    rows = torch.cat([xy.t(), xy.t()]).to(torch.int32).contiguous()
     return rows, (*r, 2 * r[1] + 1, 2 * r[2] + 1), len(radius)
 
 
-class _BiasArgs(NamedTuple):
-    """The relative position bias as the kernels take it (``axes == 0``: none)."""
+@lru_cache(maxsize=64)
+def _visits(pattern, n: int, block_m: int, block_n: int, transposed: bool) -> tuple[Tensor, int]:
+    """The tiles a pass visits, in its kernel's order: ``[row tiles, slots]`` column tiles (full
+    ones first; a row's unused slots repeat tile 0) and the slot count."""
+    from ..plan import block_plan
 
-    table: Tensor  # fp32 [heads, T], T = prod(2 r_a + 1)
-    coords: Tensor  # int32 [2 * axes, N]: query rows, then key rows
-    radii: tuple[int, int, int, int, int]  # r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
-    axes: int
+    plan = block_plan(pattern, n, q_tile=block_m, kv_tile=block_n, device="cpu")
+    if transposed:
+        plan = plan.transposed()
+    n_full, n_part = plan.full_counts.long()[:, None], plan.partial_counts.long()[:, None]
+    slots = int((n_full + n_part).max())
+    t = torch.arange(slots)
+    width = plan.full_indices.shape[1]
+    full = plan.full_indices.long().gather(1, t.clamp(max=width - 1).expand(len(n_full), -1))
+    part = plan.partial_indices.long().gather(1, (t - n_full).clamp(0, width - 1))
+    cols = torch.where(t < n_full, full, torch.where(t < n_full + n_part, part, 0))
+    return cols, slots
 
-    @classmethod
-    def of(cls, bias, q: Tensor, pattern) -> "_BiasArgs":
-        if bias is None:
-            return cls(q, q, (0, 0, 0, 1, 1), 0)  # pointers never read without a bias
-        rows, radii, axes = _coordinate_rows(pattern, bias, q.device)
-        return cls(bias.table.detach().float().flatten(1).contiguous(), rows, radii, axes)
+
+@lru_cache(maxsize=64)
+def _block_index(pattern, coords: _Coords, radius: tuple[int, ...], n: int, block_m: int,
+                 block_n: int, transposed: bool, device: torch.device) -> tuple[Tensor, int]:
+    """Table index of every element of a pass's expanded bias blocks, int32 ``[row tiles *
+    slots, rows, cols]`` (rows: query tokens, or key tokens when ``transposed``), and the slot
+    count. Tokens past ``N`` (never attended) read entry 0."""
+    from ..bias import offset_index
+
+    cols, slots = _visits(pattern, n, block_m, block_n, transposed)
+    cols = cols.to(device)
+    row_size, col_size = (block_n, block_m) if transposed else (block_m, block_n)
+    rows = torch.arange(len(cols), device=device)[:, None, None, None] * row_size
+    row_tok = rows + torch.arange(row_size, device=device)[:, None]  # [R, 1, rows, 1]
+    col_tok = cols[:, :, None, None] * col_size + torch.arange(col_size, device=device)
+    row_tok, col_tok = row_tok.clamp(max=n - 1), col_tok.clamp(max=n - 1)
+    i, j = (col_tok, row_tok) if transposed else (row_tok, col_tok)
+    xy = coords.tensor.to(device=device, dtype=torch.long)
+    index = offset_index(xy, radius, i, j)
+    return index.reshape(-1, row_size, col_size).to(torch.int32).contiguous(), slots
+
+
+class _PassBias(NamedTuple):
+    """The relative position bias as one pass's kernel takes it."""
+
+    values: Tensor  # gather form: fp32 table [heads, T]; blocks: [heads, row tiles * slots, r, c]
+    coords: Tensor  # gather form: int32 [2 * axes, N] (query rows, then key rows)
+    slots: int  # blocks: visits per row tile
+    radii: tuple[int, int, int, int, int]  # gather form: r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
+    axes: int  # gather form: coordinate rows per side (0: no bias)
+    index: Optional[Tensor]  # blocks: their table index (folds the gradient back), else None
+
+    @property
+    def tiles(self) -> bool:
+        return self.index is not None
 
     def args(self) -> tuple:
-        return (self.table, self.coords, self.table.stride(0) if self.axes else 0, *self.radii)
+        return (self.values, self.coords, self.values.stride(0) if self.axes or self.tiles else 0,
+                self.slots, *self.radii)
+
+
+class _BiasArgs(NamedTuple):
+    """A relative position bias (or none) with what its passes derive from it."""
+
+    table: Optional[Tensor]  # fp32 [heads, T], T = prod(2 r_a + 1)
+    coords: Optional[_Coords]
+    radius: tuple[int, ...]
+    pattern: object
+
+    @classmethod
+    def of(cls, bias, pattern) -> "_BiasArgs":
+        if bias is None:
+            return cls(None, None, (), pattern)
+        table = bias.table.detach().float().flatten(1).contiguous()
+        return cls(table, _content(bias.coords), bias.radius, pattern)
+
+    def for_pass(self, q: Tensor, block_m: int, block_n: int,
+                 transposed: bool = False) -> _PassBias:
+        """The bias for a pass over ``q``-shaped inputs with ``block_m x block_n`` tiles (the
+        plan transposed for the dK/dV pass): expanded blocks when their gradient fits
+        ``BIAS_TILE_BYTES``, else the gather form."""
+        if self.table is None:
+            return _PassBias(q, q, 0, (0, 0, 0, 1, 1), 0, None)  # pointers never read
+        n, heads = q.shape[2], self.table.shape[0]
+        cols, slots = _visits(self.pattern, n, block_m, block_n, transposed)
+        if heads * cols.numel() * block_m * block_n * 4 <= BIAS_TILE_BYTES:
+            index, _ = _block_index(self.pattern, self.coords, self.radius, n, block_m, block_n,
+                                    transposed, q.device)
+            blocks = self.table.to(q.dtype)[:, index.view(-1)].view(heads, *index.shape)
+            return _PassBias(blocks, q, slots, (0, 0, 0, 1, 1), 0, index)
+        rows, radii, axes = _coordinate_rows(self.pattern, self.coords, self.radius, q.device)
+        return _PassBias(self.table, rows, 0, radii, axes, None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,23 +366,24 @@ def _strides(x: Tensor):
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
     tables, A, _ = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
+    pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
     o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
     _k._fwd_kernel[(n_tiles * B * H,)](
-        q, k, v, o, lse, *tables, *bias.args(),
+        q, k, v, o, lse, *tables, *pass_bias.args(),
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         N, H, N, D, n_tiles, scale * _LOG2E,
-        A=A, BIAS_AXES=bias.axes, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
+        A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=_dot_prec(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return o, lse
 
 
 def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: TileConfig):
-    """dQ, dK, dV and the bias table's gradient (fp32 ``[slots, B, heads, T]`` to be summed, or
-    None)."""
+    """dQ, dK, dV and the bias table's gradient (fp32 ``[heads, T]``, or None)."""
     B, H, N, D = q.shape
     dev = q.device
     bd = _block_d(D)
@@ -293,11 +391,6 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
-    dbias = None
-    if bias.axes:
-        per_slot = B * bias.table.numel() * 4
-        slots = max(1, min(triton.cdiv(N, cfg.dkdv.block_n), DBIAS_SLOT_BYTES // per_slot))
-        dbias = torch.zeros((slots, B, *bias.table.shape), dtype=torch.float32, device=dev)
 
     c = cfg.dkdv
     dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
@@ -310,37 +403,54 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
         c = cfg.dq
         tables, A, _ = _tables(pattern, N, c.block_m, c.block_n, dev)
+        pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = triton.cdiv(N, c.block_m)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
-            q, k, v, o, do, lse, delta, dq, *tables, *bias.args(),
+            q, k, v, o, do, lse, delta, dq, *tables, *pass_bias.args(),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
-            A=A, BIAS_AXES=bias.axes, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+            A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
+            BLOCK_N=c.block_n, BLOCK_D=bd,
             EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
             DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
     tables, A, _ = dkdv_tables
     n_tiles = triton.cdiv(N, c.block_n)
-    table, coords, stride_bias, *radii = bias.args()
+    pass_bias = bias.for_pass(q, c.block_m, c.block_n, transposed=True)
+    values, coords, stride_bias, bias_slots, *radii = pass_bias.args()
+    dbias, n_slots = None, 1
+    if pass_bias.tiles:
+        dbias = torch.zeros(values.shape, dtype=torch.float32, device=dev)
+    elif pass_bias.axes:
+        per_slot = B * values.numel() * 4
+        n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
+        dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
         q, k, v, o, do, lse, delta, dq, dk, dv, *tables,
-        table, table if dbias is None else dbias, coords, stride_bias,
-        1 if dbias is None else dbias.shape[0], *radii,
+        values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
+        *radii,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
         *_strides(dk), *_strides(dv),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
-        A=A, BIAS_AXES=bias.axes, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
-        EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
-        DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages, FUSED_DQ=fused)
-    return dq, dk, dv, dbias
+        A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
+        BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0,
+        EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
+        FUSED_DQ=fused)
+    if dbias is None:
+        return dq, dk, dv, None
+    if pass_bias.tiles:  # fold the blocks back into the table
+        table = torch.zeros_like(bias.table)
+        table.index_add_(1, pass_bias.index.view(-1), dbias.view(H, -1))
+        return dq, dk, dv, table
+    return dq, dk, dv, dbias.sum((0, 1))
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, table, pattern, scale, cfg, bias):
         # ``table`` is ``bias.table`` passed on its own so that autograd routes its gradient.
-        args = _BiasArgs.of(bias, q, pattern)
+        args = _BiasArgs.of(bias, pattern)
         o, lse = _forward(q, k, v, args, pattern, scale, cfg.fwd)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.bias_args = args
@@ -358,7 +468,7 @@ class _TritonAttention(torch.autograd.Function):
                                       ctx.scale, ctx.cfg)
         dtable = None
         if dbias is not None and ctx.needs_input_grad[3]:
-            dtable = dbias.sum((0, 1)).to(ctx.table_dtype).view(ctx.table_shape)
+            dtable = dbias.to(ctx.table_dtype).view(ctx.table_shape)
         return dq, dk, dv, dtable, None, None, None, None
 
 

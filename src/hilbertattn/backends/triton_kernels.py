@@ -19,6 +19,12 @@ Conventions shared by every kernel:
   rows (the launcher may pack all grid axes into one row when no offset needs clamping). The
   gradient is the sum of ``dS`` over the pairs sharing an entry, added with atomics by the dK/dV
   pass (the only pass that visits every attended pair once).
+- With ``BIAS_TILES`` the launcher has expanded the bias instead, per head, into one
+  ``[rows, cols]`` block per visited tile of the pass's plan (``BIAS`` ``[heads, row tiles *
+  slots, rows, cols]``; visit ``t`` of row tile ``r`` is block ``r * slots + t``, full tiles
+  first): a tile reads its bias as coalesced as a key tile, instead of one scattered table
+  read per pair. The dK/dV pass then adds ``dS`` into blocks of the same shape (``DBIAS``),
+  which the launcher folds back into the table.
 - Per-token tables (mask codes, bias coordinates) are int32 ``[rows, N]`` with row stride
   ``stride_c``.
 - Softmax runs in base 2: scores are multiplied by ``scale * log2(e)`` and exponentiated with
@@ -150,6 +156,13 @@ def _add_bias(s, BIAS, idx, ok, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _bias_block(BIAS, slot, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Expanded bias block number ``slot`` (``[ROWS, COLS]``, fp32)."""
+    offs = tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    return tl.load(BIAS + slot.to(tl.int64) * (ROWS * COLS) + offs).to(tl.float32)
+
+
+@triton.jit
 def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.constexpr,
                 KEYS_ON_ROWS: tl.constexpr):
     """Flat index into one head's bias table for every pair of a tile (``w_a = 2 r_a + 1``)."""
@@ -167,15 +180,15 @@ def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.
 
 
 @triton.jit
-def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
                  lo0, hi0, lo1, hi1, lo2, hi2,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
                  MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
-                 BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-                 DOT_PREC: tl.constexpr):
-    """One step of the online softmax over key tile ``kv_tile``."""
+                 BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -188,7 +201,9 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
-    if BIAS_AXES > 0:
+    if BIAS_TILES:
+        s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
+    elif BIAS_AXES > 0:
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
         s = _add_bias(s, BIAS, idx, ok, MASKED)
@@ -213,13 +228,13 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
-                BIAS, BC, stride_bias, r0, r1, r2, w1, w2,
+                BIAS, BC, stride_bias, bias_slots, r0, r1, r2, w1, w2,
                 stride_qb, stride_qh, stride_qn, stride_qd,
                 stride_kb, stride_kh, stride_kn, stride_kd,
                 stride_vb, stride_vh, stride_vn, stride_vd,
                 stride_ob, stride_oh, stride_on, stride_od,
                 stride_c, H, N, D, n_tiles, qk_scale,
-                A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                 EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -252,20 +267,24 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+                                     q_tile * bias_slots + t,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     False, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                                     False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_N,
+                                     EVEN_D, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
         acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+                                     q_tile * bias_slots + n_full + t,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     True, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                                     True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_N,
+                                     EVEN_D, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -282,17 +301,18 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
                c0, c1, c2,
                BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                stride_qn, stride_qd, stride_don, stride_dod, stride_on, stride_od,
                stride_dqn, stride_dqd, stride_c, N, D, qk_scale, sm_scale,
                offs_m0, offs_d, n_ok,
                MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
-               BLOCK_M: tl.constexpr,
+               BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr,
                FUSED_DQ: tl.constexpr):
-    """Add query tile ``q_tile``'s share to dK, dV of one key tile (scores held transposed).
+    """Add query tile ``q_tile`` (the plan's visit ``slot``) to dK, dV of one key tile (scores
+    held transposed).
 
     With ``FUSED_DQ`` this key tile is the only one the query tile attends (a one-to-one plan):
     the row term ``delta`` is computed here from O and dO, and dQ of the query tile is complete
@@ -319,7 +339,9 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, True)
     else:
         ok = n_ok[:, None] & m_ok[None, :]
-    if BIAS_AXES > 0:
+    if BIAS_TILES:
+        s_t += _bias_block(BIAS, slot, BLOCK_N, BLOCK_M) * LOG2E
+    elif BIAS_AXES > 0:
         qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
         idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
         s_t = _add_bias(s_t, BIAS, idx_t, ok, MASKED)
@@ -329,9 +351,13 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
-    if BIAS_AXES > 0:
-        # dS of the natural-log score is the bias gradient of each pair (padding excluded: a
-        # padded key row still has p > 0 on full tiles).
+    # dS of the natural-log score is the bias gradient of each pair (padding excluded: a padded
+    # key row still has p > 0 on full tiles).
+    if BIAS_TILES:
+        offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+        tl.atomic_add(DBIAS + slot.to(tl.int64) * (BLOCK_N * BLOCK_M) + offs, ds_t, mask=ok,
+                      sem="relaxed")
+    elif BIAS_AXES > 0:
         tl.atomic_add(DBIAS + idx_t, ds_t, mask=ok, sem="relaxed")
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     if FUSED_DQ:
@@ -344,7 +370,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
-                     BIAS, DBIAS, BC, stride_bias, n_slots, r0, r1, r2, w1, w2,
+                     BIAS, DBIAS, BC, stride_bias, bias_slots, n_slots, r0, r1, r2, w1, w2,
                      stride_qb, stride_qh, stride_qn, stride_qd,
                      stride_kb, stride_kh, stride_kn, stride_kd,
                      stride_vb, stride_vh, stride_vn, stride_vd,
@@ -354,7 +380,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                      stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                      stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                     A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                     A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                      EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
@@ -376,10 +402,13 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     LSE += bh.to(tl.int64) * N
     DELTA += bh.to(tl.int64) * N
     BIAS += h * stride_bias
-    # One table per (slot, batch, head), slot = key tile % n_slots: fewer programs add into
-    # the same entries.
-    n_bh = tl.num_programs(0) // n_tiles
-    DBIAS += ((kv_tile % n_slots).to(tl.int64) * n_bh + bh) * stride_bias
+    if BIAS_TILES:
+        DBIAS += h * stride_bias  # the expanded blocks of this head, summed over the batch
+    else:
+        # One table per (slot, batch, head), slot = key tile % n_slots: fewer programs add into
+        # the same entries.
+        n_bh = tl.num_programs(0) // n_tiles
+        DBIAS += ((kv_tile % n_slots).to(tl.int64) * n_bh + bh) * stride_bias
 
     offs_n = kv_tile * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m0 = tl.arange(0, BLOCK_M)
@@ -399,20 +428,24 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     for t in range(0, n_full):
         q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+                            kv_tile * bias_slots + t,
                             c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, BIAS_AXES, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
+                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_D,
+                            DOT_PREC, FUSED_DQ)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+                            kv_tile * bias_slots + n_full + t,
                             c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, BIAS_AXES, BLOCK_M, EVEN_M, EVEN_D, DOT_PREC, FUSED_DQ)
+                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_D,
+                            DOT_PREC, FUSED_DQ)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -422,15 +455,15 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
+def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, slot,
              lo0, hi0, lo1, hi1, lo2, hi2,
              BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
              stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
              offs_n0, offs_d,
              MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
-             BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-             DOT_PREC: tl.constexpr):
-    """Add key tile ``kv_tile``'s share to dQ of one query tile."""
+             BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Add key tile ``kv_tile`` (the plan's visit ``slot``) to dQ of one query tile."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -443,7 +476,9 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
-    if BIAS_AXES > 0:
+    if BIAS_TILES:
+        s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
+    elif BIAS_AXES > 0:
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
         s = _add_bias(s, BIAS, idx, ok, MASKED)
@@ -461,7 +496,7 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
-                   BIAS, BC, stride_bias, r0, r1, r2, w1, w2,
+                   BIAS, BC, stride_bias, bias_slots, r0, r1, r2, w1, w2,
                    stride_qb, stride_qh, stride_qn, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
@@ -469,7 +504,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    stride_dob, stride_doh, stride_don, stride_dod,
                    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
                    stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                   A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                   A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
@@ -512,17 +547,19 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
-                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, q_tile * bias_slots + t,
+                      lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, False, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                      offs_n0, offs_d, False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                      EVEN_N, EVEN_D, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, lo0, hi0, lo1, hi1, lo2, hi2,
-                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, q_tile * bias_slots + n_full + t,
+                      lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, True, A, BIAS_AXES, BLOCK_N, EVEN_N, EVEN_D, DOT_PREC)
+                      offs_n0, offs_d, True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                      EVEN_N, EVEN_D, DOT_PREC)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
