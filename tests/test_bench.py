@@ -172,6 +172,7 @@ def test_models_throughput(tmp_path):
                          for mode in ("inference", "training")}
     for r in rows.values():
         assert r["status"] == "ok" and r["batch"] == 2 and r["img_size"] == 64
+        assert r["cuda_graph"] is False
         assert math.isfinite(r["images_per_s"]) and r["images_per_s"] > 0
     for mode in ("inference", "training"):
         hwt, swin = rows["hwt_tiny", mode], rows["swin_tiny", mode]
@@ -204,6 +205,8 @@ def test_model_baselines():
     (["--models", "--sweep", "16"], "--sweep"),
     (["--models", "--cases", "window"], "--cases"),
     (["--model-batch", "4"], "--model-batch"),
+    (["--cuda-graphs"], "--cuda-graphs"),
+    (["--models", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs"),
     (["--img-sizes", "0"], "--img-sizes"),
     (["--device", "tpu"], "--device"),
 ])

@@ -647,48 +647,76 @@ def default_model_batch(img_size: int, device: torch.device) -> int:
     return max(1, round(64 * (224 / img_size) ** 2))
 
 
+def _replayer(run: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
+    """Record ``run`` into a CUDA graph, after warm-up calls on a side stream (which build every
+    cache and allocation that capture must not see created), and return the graph's replay."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
 def _model_step(model: torch.nn.Module, mode: str, batch: int, img_size: int,
-                device: torch.device, amp: torch.dtype | None) -> Callable[[int], object]:
+                device: torch.device, amp: torch.dtype | None,
+                cuda_graph: bool = False) -> Callable[[int], object]:
+    """``step(i)``: one inference or training step on input set ``i % 2``. With ``cuda_graph``
+    the step is recorded once (inputs copied into static buffers) and replayed: the launch cost
+    of the Python side is then paid at capture only."""
     images = [torch.randn(batch, 3, img_size, img_size, device=device) for _ in range(2)]
     labels = [torch.randint(0, model.num_classes, (batch,), device=device) for _ in range(2)]
+    static_x, static_y = images[0].clone(), labels[0].clone()
 
     def autocast():
-        return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+        # The autocast weight cache must stay off under graph capture.
+        return torch.autocast(device.type, dtype=amp, enabled=amp is not None,
+                              cache_enabled=not cuda_graph)
 
     if mode == "inference":
         model.eval()
 
-        def infer(i: int):
+        def run():
             with torch.no_grad(), autocast():
-                return model(images[i % 2])
+                return model(static_x)
+    else:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
 
-        return infer
+        def run():
+            with autocast():
+                loss = F.cross_entropy(model(static_x), static_y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    replay = _replayer(run) if cuda_graph else run
 
-    def train(i: int):
-        with autocast():
-            loss = F.cross_entropy(model(images[i % 2]), labels[i % 2])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step(i: int):
+        static_x.copy_(images[i % 2])
+        static_y.copy_(labels[i % 2])
+        return replay()
 
-    return train
+    return step
 
 
 def measure_model(spec: ModelSpec, img_size: int, batch: int, mode: str, device: torch.device,
-                  amp: torch.dtype | None, settings: Settings) -> dict:
+                  amp: torch.dtype | None, settings: Settings, cuda_graph: bool = False) -> dict:
     """Images/s of one model in ``mode`` (``inference``: forward without gradients;
-    ``training``: forward, cross-entropy, backward and an AdamW step). On running out of device
-    memory the batch is halved down to 1; the row says which batch was measured."""
+    ``training``: forward, cross-entropy, backward and an AdamW step), eager or replayed from a
+    CUDA graph. On running out of device memory the batch is halved down to 1; the row says
+    which batch was measured."""
     row = {"model": spec.label, "name": spec.name, "layout": spec.layout, "img_size": img_size,
-           "mode": mode, "requested_batch": batch}
+           "mode": mode, "cuda_graph": cuda_graph, "requested_batch": batch}
     while True:
         try:
             model = spec.create(img_size).to(device)
             row["params"] = sum(p.numel() for p in model.parameters())
-            step = _model_step(model, mode, batch, img_size, device, amp)
+            step = _model_step(model, mode, batch, img_size, device, amp, cuda_graph)
             result = _timing(time_fn(step, device, settings.reps, settings.warmup,
                                      settings.max_seconds))
             result["images_per_s"] = batch / (result["median_ms"] / 1e3)

@@ -275,10 +275,13 @@ def _visits(pattern, n: int, block_m: int, block_n: int, transposed: bool) -> tu
 
 @lru_cache(maxsize=64)
 def _block_index(pattern, coords: _Coords, radius: tuple[int, ...], n: int, block_m: int,
-                 block_n: int, transposed: bool, device: torch.device) -> tuple[Tensor, int]:
+                 block_n: int, transposed: bool,
+                 device: torch.device) -> tuple[Tensor, Tensor, int]:
     """Table index of every element of a pass's expanded bias blocks, int32 ``[row tiles *
-    slots, rows, cols]`` (rows: query tokens, or key tokens when ``transposed``), and the slot
-    count. Tokens past ``N`` (never attended) read entry 0."""
+    slots, rows, cols]`` (rows: query tokens, or key tokens when ``transposed``; tokens past
+    ``N``, never attended, read entry 0); the same index offset by ``row tile * T`` into one
+    copy of the table per row tile (folding the gradient blocks through those copies keeps
+    the atomic adds of each table entry few); and the slot count."""
     from ..bias import offset_index
 
     cols, slots = _visits(pattern, n, block_m, block_n, transposed)
@@ -291,7 +294,9 @@ def _block_index(pattern, coords: _Coords, radius: tuple[int, ...], n: int, bloc
     i, j = (col_tok, row_tok) if transposed else (row_tok, col_tok)
     xy = coords.tensor.to(device=device, dtype=torch.long)
     index = offset_index(xy, radius, i, j)
-    return index.reshape(-1, row_size, col_size).to(torch.int32).contiguous(), slots
+    spread = index + rows // row_size * math.prod(2 * r + 1 for r in radius)
+    return (index.reshape(-1, row_size, col_size).to(torch.int32).contiguous(),
+            spread.reshape(-1).to(torch.int32).contiguous(), slots)
 
 
 class _PassBias(NamedTuple):
@@ -302,7 +307,7 @@ class _PassBias(NamedTuple):
     slots: int  # blocks: visits per row tile
     radii: tuple[int, int, int, int, int]  # gather form: r0, r1, r2, w1 = 2 r1 + 1, w2 = 2 r2 + 1
     axes: int  # gather form: coordinate rows per side (0: no bias)
-    index: Optional[Tensor]  # blocks: their table index (folds the gradient back), else None
+    index: Optional[Tensor]  # blocks: their index into the copies of the table per row tile
 
     @property
     def tiles(self) -> bool:
@@ -338,10 +343,10 @@ class _BiasArgs(NamedTuple):
         n, heads = q.shape[2], self.table.shape[0]
         cols, slots = _visits(self.pattern, n, block_m, block_n, transposed)
         if heads * cols.numel() * block_m * block_n * 4 <= BIAS_TILE_BYTES:
-            index, _ = _block_index(self.pattern, self.coords, self.radius, n, block_m, block_n,
-                                    transposed, q.device)
+            index, spread, _ = _block_index(self.pattern, self.coords, self.radius, n, block_m,
+                                            block_n, transposed, q.device)
             blocks = self.table.to(q.dtype)[:, index.view(-1)].view(heads, *index.shape)
-            return _PassBias(blocks, q, slots, (0, 0, 0, 1, 1), 0, index)
+            return _PassBias(blocks, q, slots, (0, 0, 0, 1, 1), 0, spread)
         rows, radii, axes = _coordinate_rows(self.pattern, self.coords, self.radius, q.device)
         return _PassBias(self.table, rows, 0, radii, axes, None)
 
@@ -439,10 +444,10 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         FUSED_DQ=fused)
     if dbias is None:
         return dq, dk, dv, None
-    if pass_bias.tiles:  # fold the blocks back into the table
-        table = torch.zeros_like(bias.table)
-        table.index_add_(1, pass_bias.index.view(-1), dbias.view(H, -1))
-        return dq, dk, dv, table
+    if pass_bias.tiles:  # fold the blocks into a table per row tile, then sum those
+        copies = torch.zeros((H, n_tiles * bias.table.shape[1]), dtype=torch.float32, device=dev)
+        copies.index_add_(1, pass_bias.index, dbias.view(H, -1))
+        return dq, dk, dv, copies.view(H, n_tiles, -1).sum(1)
     return dq, dk, dv, dbias.sum((0, 1))
 
 

@@ -87,6 +87,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model-batch", type=int, default=None,
                    help="--models batch (default: 64 at 224 scaled by pixel count on CUDA, 2 on "
                         "a CPU); halved on running out of memory")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="--models: record each step in a CUDA graph and time its replays (the "
+                        "GPU's work without the per-op launch cost of the Python side)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -151,11 +154,14 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     models = args.models is not None
     case_options = dict(cases=args.cases, methods=args.methods, grid=args.grid,
                         sweep=args.sweep, plot=args.plot, passes=args.passes)
-    model_options = {"img-sizes": args.img_sizes, "model-batch": args.model_batch}
+    model_options = {"img-sizes": args.img_sizes, "model-batch": args.model_batch,
+                     "cuda-graphs": args.cuda_graphs or None}
     for option, value in (case_options if models else model_options).items():
         if value is not None:
             raise ValueError(f"--{option} does not apply "
                              f"{'to --models' if models else 'without --models'}")
+    if args.cuda_graphs and kind != "cuda":
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got --device {device}")
     if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
@@ -259,7 +265,7 @@ def environment(device: torch.device, bandwidth: float | None) -> dict:
 
 def _options(args: argparse.Namespace) -> dict:
     keep = ("cases", "methods", "grid", "batch", "heads", "head_dim", "dtype", "sweep",
-            "img_sizes", "model_batch")
+            "img_sizes", "model_batch", "cuda_graphs")
     out = {k: getattr(args, k) for k in keep}
     out.update(device=str(args.device), reps=args.settings.reps, warmup=args.settings.warmup,
                max_seconds=args.settings.max_seconds, passes=list(args.settings.passes),
@@ -409,8 +415,9 @@ def plot_sweep(rows: list[dict], passes: tuple[str, ...], path: Path) -> None:
 
 
 def models_table(rows: list[dict], settings: Settings) -> Table:
-    table = Table(title="end-to-end throughput, images/s (speed-up over the baseline model)",
-                  title_justify="left")
+    graphs = ", CUDA graphs" if any(r.get("cuda_graph") for r in rows) else ""
+    table = Table(title=f"end-to-end throughput{graphs}, images/s (speed-up over the baseline "
+                        f"model)", title_justify="left")
     for col in ("model", "image", "params"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for mode in bench.MODEL_MODES:
@@ -501,7 +508,8 @@ def run_models(args: argparse.Namespace, progress: Progress) -> list[dict]:
     for spec, size, mode in jobs:
         steps(f"{spec.label} at {size}x{size}: {mode}")
         batch = args.model_batch or bench.default_model_batch(size, device)
-        rows.append(bench.measure_model(spec, size, batch, mode, device, amp, args.settings))
+        rows.append(bench.measure_model(spec, size, batch, mode, device, amp, args.settings,
+                                        args.cuda_graphs))
     steps.finish()
     bench.add_model_speedups(rows)
     progress.console.print(models_table(rows, args.settings))
