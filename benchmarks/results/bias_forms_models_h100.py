@@ -1,3 +1,4 @@
+# Ran on the H100 at commit 895b22c: PYTHONPATH=src OUT=... python3 <this file>
 """Attention kernels on the models' shapes: no bias, bias as expanded blocks, bias gathered."""
 import json, os, torch, triton, timm
 import hilbertattn.models  # noqa

@@ -1,3 +1,5 @@
+# Ran on the H100 at commit f22c5d1 (before the expanded bias blocks; the triton backend's
+# private API it patches has changed since): PYTHONPATH=src OUT=... python3 <this file>
 """Where the time goes: bias variants in the forward kernel, and the models' per-step times and
 kernel profile. Writes $OUT/probe.json."""
 import importlib.util, json, os, pathlib, re, statistics, sys, time, traceback

@@ -1,3 +1,4 @@
+# Ran on the H100 at commit 93547a8: PYTHONPATH=src OUT=... python3 <this file>
 """Host (Python) cost per call on tiny inputs, where the GPU is never the bottleneck."""
 import json, os, time, torch, torch.nn.functional as F
 import timm, hilbertattn.models  # noqa
