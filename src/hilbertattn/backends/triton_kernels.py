@@ -180,7 +180,7 @@ def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.
 
 
 @triton.jit
-def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
+def _tile_scores(q, K, V, KC, kv_tile, slot,
                  lo0, hi0, lo1, hi1, lo2, hi2,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
@@ -188,7 +188,9 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
                  MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
+    """Key tile ``kv_tile`` (the plan's visit ``slot``) of a query tile ``q``: its keys and
+    values, the scores ``[queries, keys]`` in log2 units with the bias added, the element mask
+    ``ok`` (the key bounds on full tiles) and the key bounds ``n_ok``."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -207,6 +209,26 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
         s = _add_bias(s, BIAS, idx, ok, MASKED)
+    return k, v, s, ok, n_ok
+
+
+@triton.jit
+def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
+                 lo0, hi0, lo1, hi1, lo2, hi2,
+                 BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                 stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
+                 offs_n0, offs_d,
+                 MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                 BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
+    k, v, s, ok, n_ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+                                     lo0, hi0, lo1, hi1, lo2, hi2,
+                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
+                                     D, qk_scale, offs_n0, offs_d,
+                                     MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                     EVEN_N, EVEN_D, DOT_PREC)
     if MASKED:
         s = tl.where(ok, s, float("-inf"))
     elif not EVEN_N:
@@ -464,24 +486,13 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, slot,
              BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     """Add key tile ``kv_tile`` (the plan's visit ``slot``) to dQ of one query tile."""
-    offs_n = kv_tile * BLOCK_N + offs_n0
-    n_ok = offs_n < N
-    d_ok = offs_d < D
-    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
-    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-    ok = n_ok[None, :]
-    if MASKED:
-        c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
-        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
-    if BIAS_TILES:
-        s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
-    elif BIAS_AXES > 0:
-        kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
-        idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s = _add_bias(s, BIAS, idx, ok, MASKED)
+    k, v, s, ok, n_ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+                                     lo0, hi0, lo1, hi1, lo2, hi2,
+                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
+                                     D, qk_scale, offs_n0, offs_d,
+                                     MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                     EVEN_N, EVEN_D, DOT_PREC)
     p = tl.math.exp2(s - lse[:, None])
     if MASKED:
         p = tl.where(ok, p, 0.0)
