@@ -331,8 +331,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
                offs_m0, offs_d, n_ok,
                MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
                BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr,
-               FUSED_DQ: tl.constexpr):
+               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+               DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
     """Add query tile ``q_tile`` (the plan's visit ``slot``) to dK, dV of one key tile (scores
     held transposed).
 
@@ -368,13 +368,16 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
         idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
         s_t = _add_bias(s_t, BIAS, idx_t, ok, MASKED)
     p_t = tl.math.exp2(s_t - lse[None, :])
+    # Padded key rows (k = 0) must get p = 0, not exp2(bias - lse): that is infinite when every
+    # score of a row is far below zero, and inf * 0 in dQ = dS^T K is NaN.
     if MASKED:
         p_t = tl.where(ok, p_t, 0.0)
+    elif not EVEN_N:
+        p_t = tl.where(n_ok[:, None], p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
-    # dS of the natural-log score is the bias gradient of each pair (padding excluded: a padded
-    # key row still has p > 0 on full tiles).
+    # dS of the natural-log score is the bias gradient of each pair.
     if BIAS_TILES:
         offs = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
         tl.atomic_add(DBIAS + slot.to(tl.int64) * (BLOCK_N * BLOCK_M) + offs, ds_t, mask=ok,
@@ -455,8 +458,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_D,
-                            DOT_PREC, FUSED_DQ)
+                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_N,
+                            EVEN_D, DOT_PREC, FUSED_DQ)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
@@ -466,8 +469,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_D,
-                            DOT_PREC, FUSED_DQ)
+                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_N,
+                            EVEN_D, DOT_PREC, FUSED_DQ)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
