@@ -98,6 +98,23 @@ def test_tiny_models_use_the_patterns_of_their_papers():
     assert _at_224("hnt_mini").layouts[0].order == "hilbert"
 
 
+def test_unshifted_hilbert_windows_on_power_of_two_grids_are_swins_windows():
+    # On 2^k x 2^k grids, 16 consecutive tokens of the Hilbert curve (from a multiple of 16) form
+    # an aligned 4 x 4 square: with one unshifted block per stage, hwt_cifar computes what
+    # swin_cifar computes with the same weights, relative position bias included. The two
+    # networks differ only in their shifted blocks.
+    torch.manual_seed(0)
+    build = dict(depths=(1, 1, 1), drop_path_rate=0.0, backend="reference")
+    swin = timm.create_model("swin_cifar", **build).double().eval()
+    hwt = timm.create_model("hwt_cifar", **build).double().eval()
+    for name, p in swin.named_parameters():
+        if name.endswith("relative_position_bias_table"):
+            p.data.normal_()
+    hwt.load_state_dict(swin.state_dict())
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(hwt(x), swin(x))
+
+
 @pytest.mark.parametrize("name,img_size", [("nat_mini", 64), ("nat_cifar", 28),
                                            ("swin_cifar", 28), ("swin_tiny", 64)])
 def test_exact_models_compute_the_same_function_in_the_hilbert_layout(name, img_size):
