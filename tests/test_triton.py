@@ -36,7 +36,7 @@ finally:
 
 from hilbertattn.bias import RelativeBias  # noqa: E402
 from hilbertattn.layout import Layout  # noqa: E402
-from hilbertattn.nn import NeighborhoodAttention, covering_radius  # noqa: E402
+from hilbertattn.nn import HilbertSlideAttention, NeighborhoodAttention, covering_radius  # noqa: E402
 from hilbertattn.plan import block_plan  # noqa: E402
 from hilbertattn.patterns import Neighborhood, Slide, Window, Window2D  # noqa: E402
 
@@ -219,6 +219,41 @@ def test_bias_module_matches_the_reference_module():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_operators_pass_the_torch_library_checks(with_bias):
+    # Schema, fake-tensor shapes, autograd registration and tracing of the two operators that
+    # torch.compile sees.
+    tb = _backend()
+    layout, pattern = Layout((8, 8)), Slide(9, clamped=True)
+    q, k, v = (torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3))
+    table = torch.randn(2, 7, 7, requires_grad=True) if with_bias else None
+    coords = layout.coords if with_bias else None
+    handles = (tb._pattern_handle(pattern), 0.25, tb._tiles_handle(None, pattern, 16, q.dtype))
+    torch.library.opcheck(tb._forward_op, (q, k, v, table, coords, *handles))
+    detached = [None if x is None else x.detach() for x in (q, k, v, table)]
+    o, lse = tb._forward_op(*detached[:3], detached[3], coords, *handles)
+    torch.library.opcheck(tb._backward_op, (torch.randn_like(o), *detached[:3], o, lse,
+                                            detached[3], coords, *handles))
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_traces_the_attention_whole(compiler):
+    # fullgraph=True: no graph break anywhere in the module, bias included; the compiled module
+    # computes what the eager one computes, gradients of the input and the table too.
+    torch.manual_seed(0)
+    module = HilbertSlideAttention(32, 2, 9, clamped=True, layout=Layout((8, 8)),
+                                   rel_pos_bias=True, backend="triton")
+    torch.nn.init.normal_(module.relative_position_bias_table)
+    x = torch.randn(2, 64, 32, requires_grad=True)
+    compiled = torch.compile(module, backend=compiler, fullgraph=True)
+    results = []
+    for run in (compiled, module):
+        out = run(x)
+        results.append((out, *torch.autograd.grad(out.square().sum(), [x, *module.parameters()])))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))

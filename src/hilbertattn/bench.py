@@ -663,14 +663,16 @@ def _replayer(run: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
 
 
 def _model_step(model: torch.nn.Module, mode: str, batch: int, img_size: int,
-                device: torch.device, amp: torch.dtype | None,
-                cuda_graph: bool = False) -> Callable[[int], object]:
+                device: torch.device, amp: torch.dtype | None, cuda_graph: bool = False,
+                compiled: bool = False) -> Callable[[int], object]:
     """``step(i)``: one inference or training step on input set ``i % 2``. With ``cuda_graph``
     the step is recorded once (inputs copied into static buffers) and replayed: the launch cost
-    of the Python side is then paid at capture only."""
+    of the Python side is then paid at capture only. With ``compiled`` the model runs through
+    ``torch.compile`` (compiled by the first step)."""
     images = [torch.randn(batch, 3, img_size, img_size, device=device) for _ in range(2)]
     labels = [torch.randint(0, model.num_classes, (batch,), device=device) for _ in range(2)]
     static_x, static_y = images[0].clone(), labels[0].clone()
+    forward = torch.compile(model) if compiled else model
 
     def autocast():
         # The autocast weight cache must stay off under graph capture.
@@ -682,14 +684,14 @@ def _model_step(model: torch.nn.Module, mode: str, batch: int, img_size: int,
 
         def run():
             with torch.no_grad(), autocast():
-                return model(static_x)
+                return forward(static_x)
     else:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=cuda_graph)
 
         def run():
             with autocast():
-                loss = F.cross_entropy(model(static_x), static_y)
+                loss = F.cross_entropy(forward(static_x), static_y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -705,18 +707,20 @@ def _model_step(model: torch.nn.Module, mode: str, batch: int, img_size: int,
 
 
 def measure_model(spec: ModelSpec, img_size: int, batch: int, mode: str, device: torch.device,
-                  amp: torch.dtype | None, settings: Settings, cuda_graph: bool = False) -> dict:
+                  amp: torch.dtype | None, settings: Settings, cuda_graph: bool = False,
+                  compiled: bool = False) -> dict:
     """Images/s of one model in ``mode`` (``inference``: forward without gradients;
-    ``training``: forward, cross-entropy, backward and an AdamW step), eager or replayed from a
-    CUDA graph. On running out of device memory the batch is halved down to 1; the row says
-    which batch was measured."""
+    ``training``: forward, cross-entropy, backward and an AdamW step), eager or compiled, run
+    directly or replayed from a CUDA graph. On running out of device memory the batch is halved
+    down to 1; the row says which batch was measured."""
     row = {"model": spec.label, "name": spec.name, "layout": spec.layout, "img_size": img_size,
-           "mode": mode, "cuda_graph": cuda_graph, "requested_batch": batch}
+           "mode": mode, "cuda_graph": cuda_graph, "compiled": compiled,
+           "requested_batch": batch}
     while True:
         try:
             model = spec.create(img_size).to(device)
             row["params"] = sum(p.numel() for p in model.parameters())
-            step = _model_step(model, mode, batch, img_size, device, amp, cuda_graph)
+            step = _model_step(model, mode, batch, img_size, device, amp, cuda_graph, compiled)
             result = _timing(time_fn(step, device, settings.reps, settings.warmup,
                                      settings.max_seconds))
             result["images_per_s"] = batch / (result["median_ms"] / 1e3)

@@ -18,6 +18,11 @@ launches the passes:
   where those blocks would pass ``BIAS_TILE_BYTES``, the pass gathers from the table pair by
   pair instead, its gradient going to copies of the table per (slot of key tiles, batch, head)
   (see ``DBIAS_SLOT_BYTES``).
+
+Under ``torch.compile`` the passes are two ``torch.library`` operators
+(``hilbertattn::triton_forward`` / ``triton_backward``) with their output shapes and backward
+registered, so a model compiles whole (``fullgraph=True``); eager calls skip the operator
+dispatch, which costs about as much host time as the rest of the launch path.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ..bias import RelativeBias
 from ..functional import check_bias, check_qkv
 
 try:
@@ -224,7 +230,7 @@ def _content(coords: Tensor) -> _Coords:
     ref, version, content = _COORDS.get(id(coords), (None, None, None))
     if ref is None or ref() is not coords or version != coords._version:
         content = _Coords(coords)
-        ref = weakref.ref(coords, lambda _, i=id(coords): _COORDS.pop(i, None))
+        ref = weakref.ref(coords, lambda _, i=id(coords), pop=_COORDS.pop: pop(i, None))
         _COORDS[id(coords)] = (ref, coords._version, content)
     return content
 
@@ -451,30 +457,100 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     return dq, dk, dv, dbias.sum((0, 1))
 
 
-class _TritonAttention(torch.autograd.Function):
+# torch.library operators take tensors and plain numbers only: a pattern and a tile
+# configuration travel through them as their index in this table, a constant that
+# torch.compile reads once while tracing.
+_HELD: list = []
+_HANDLES: dict = {}
+
+
+def _handle(obj) -> int:
+    if obj not in _HANDLES:
+        _HANDLES[obj] = len(_HELD)
+        _HELD.append(obj)
+    return _HANDLES[obj]
+
+
+@torch.compiler.assume_constant_result
+def _pattern_handle(pattern) -> int:
+    return _handle(pattern)
+
+
+@torch.compiler.assume_constant_result
+def _tiles_handle(tiles, pattern, head_dim: int, dtype: torch.dtype) -> int:
+    return _handle(_as_tile_config(tiles, pattern, head_dim, dtype))
+
+
+def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern) -> _BiasArgs:
+    return _BiasArgs.of(None if table is None else RelativeBias(table, coords), pattern)
+
+
+def _forward_impl(q: Tensor, k: Tensor, v: Tensor, table: Optional[Tensor],
+                  coords: Optional[Tensor], pattern: int, scale: float,
+                  tiles: int) -> tuple[Tensor, Tensor]:
+    """Output ``[B, H, N, D]`` (contiguous) and log-sum-exp (fp32 ``[B, H, N]``)."""
+    return _forward(q, k, v, _bias_args(table, coords, _HELD[pattern]), _HELD[pattern], scale,
+                    _HELD[tiles].fwd)
+
+
+def _backward_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                   table: Optional[Tensor], coords: Optional[Tensor], pattern: int, scale: float,
+                   tiles: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dQ, dK, dV and the table's gradient (empty without a table)."""
+    dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, _bias_args(table, coords, _HELD[pattern]),
+                                  _HELD[pattern], scale, _HELD[tiles])
+    dtable = q.new_empty(0) if dbias is None else dbias.to(table.dtype).view(table.shape)
+    return dq, dk, dv, dtable
+
+
+def _save_for_backward(ctx, inputs, output) -> None:
+    q, k, v, table, coords, pattern, scale, tiles = inputs
+    ctx.save_for_backward(q, k, v, *output, table, coords)
+    ctx.constants = pattern, scale, tiles
+
+
+def _gradients(ctx, do, backward) -> tuple:
+    q, k, v, o, lse, table, coords = ctx.saved_tensors
+    dq, dk, dv, dtable = backward(do, q, k, v, o, lse, table, coords, *ctx.constants)
+    return dq, dk, dv, dtable if table is not None else None, None, None, None, None
+
+
+# What torch.compile traces: the passes as two operators (opaque to the compiler, with their
+# output shapes declared and the backward registered).
+_forward_op = torch.library.custom_op("hilbertattn::triton_forward", _forward_impl,
+                                      mutates_args=())
+_backward_op = torch.library.custom_op("hilbertattn::triton_backward", _backward_impl,
+                                       mutates_args=())
+
+
+@_forward_op.register_fake
+def _(q, k, v, table, coords, pattern, scale, tiles):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@_backward_op.register_fake
+def _(do, q, k, v, o, lse, table, coords, pattern, scale, tiles):
+    dtable = q.new_empty(0) if table is None else torch.empty_like(table)
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), dtable
+
+
+_forward_op.register_autograd(lambda ctx, do, _dlse: _gradients(ctx, do, _backward_op),
+                              setup_context=_save_for_backward)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """What runs eagerly: the same passes without the operators' dispatch, which costs about
+    as much host time per call as the rest of the launch path."""
+
     @staticmethod
-    def forward(ctx, q, k, v, table, pattern, scale, cfg, bias):
-        # ``table`` is ``bias.table`` passed on its own so that autograd routes its gradient.
-        args = _BiasArgs.of(bias, pattern)
-        o, lse = _forward(q, k, v, args, pattern, scale, cfg.fwd)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.bias_args = args
-        if table is not None:
-            ctx.table_dtype, ctx.table_shape = table.dtype, table.shape
-        ctx.pattern = pattern
-        ctx.scale = scale
-        ctx.cfg = cfg
+    def forward(ctx, *inputs):
+        o, lse = _forward_impl(*inputs)
+        _save_for_backward(ctx, inputs, (o, lse))
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, ctx.bias_args, ctx.pattern,
-                                      ctx.scale, ctx.cfg)
-        dtable = None
-        if dbias is not None and ctx.needs_input_grad[3]:
-            dtable = dbias.to(ctx.table_dtype).view(ctx.table_shape)
-        return dq, dk, dv, dtable, None, None, None, None
+        return _gradients(ctx, do, _backward_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,6 +615,9 @@ def triton_attention(
         raise NotImplementedError(
             f"the triton backend needs CUDA tensors (got device {q.device}); use "
             f"backend='flex' or 'reference', or set TRITON_INTERPRET=1 for the slow interpreter")
-    cfg = _as_tile_config(tiles, pattern, q.shape[-1], q.dtype)
-    table = None if bias is None else bias.table
-    return _TritonAttention.apply(q, k, v, table, pattern, float(scale), cfg, bias)
+    table, coords = (None, None) if bias is None else bias
+    inputs = (q, k, v, table, coords, _pattern_handle(pattern), float(scale),
+              _tiles_handle(tiles, pattern, q.shape[-1], q.dtype))
+    if torch.compiler.is_compiling():
+        return _forward_op(*inputs)[0]
+    return _EagerAttention.apply(*inputs)

@@ -90,6 +90,9 @@ def add_parser(sub) -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="--models: record each step in a CUDA graph and time its replays (the "
                         "GPU's work without the per-op launch cost of the Python side)")
+    p.add_argument("--compile", action="store_true",
+                   help="--models: run each model through torch.compile (the first step "
+                        "compiles it, outside the timed steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -155,7 +158,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
     case_options = dict(cases=args.cases, methods=args.methods, grid=args.grid,
                         sweep=args.sweep, plot=args.plot, passes=args.passes)
     model_options = {"img-sizes": args.img_sizes, "model-batch": args.model_batch,
-                     "cuda-graphs": args.cuda_graphs or None}
+                     "cuda-graphs": args.cuda_graphs or None, "compile": args.compile or None}
     for option, value in (case_options if models else model_options).items():
         if value is not None:
             raise ValueError(f"--{option} does not apply "
@@ -265,7 +268,7 @@ def environment(device: torch.device, bandwidth: float | None) -> dict:
 
 def _options(args: argparse.Namespace) -> dict:
     keep = ("cases", "methods", "grid", "batch", "heads", "head_dim", "dtype", "sweep",
-            "img_sizes", "model_batch", "cuda_graphs")
+            "img_sizes", "model_batch", "cuda_graphs", "compile")
     out = {k: getattr(args, k) for k in keep}
     out.update(device=str(args.device), reps=args.settings.reps, warmup=args.settings.warmup,
                max_seconds=args.settings.max_seconds, passes=list(args.settings.passes),
@@ -416,6 +419,7 @@ def plot_sweep(rows: list[dict], passes: tuple[str, ...], path: Path) -> None:
 
 def models_table(rows: list[dict], settings: Settings) -> Table:
     graphs = ", CUDA graphs" if any(r.get("cuda_graph") for r in rows) else ""
+    graphs = (", torch.compile" if any(r.get("compiled") for r in rows) else "") + graphs
     table = Table(title=f"end-to-end throughput{graphs}, images/s (speed-up over the baseline "
                         f"model)", title_justify="left")
     for col in ("model", "image", "params"):
@@ -509,7 +513,7 @@ def run_models(args: argparse.Namespace, progress: Progress) -> list[dict]:
         steps(f"{spec.label} at {size}x{size}: {mode}")
         batch = args.model_batch or bench.default_model_batch(size, device)
         rows.append(bench.measure_model(spec, size, batch, mode, device, amp, args.settings,
-                                        args.cuda_graphs))
+                                        args.cuda_graphs, args.compile))
     steps.finish()
     bench.add_model_speedups(rows)
     progress.console.print(models_table(rows, args.settings))
