@@ -114,6 +114,12 @@ def check_small():
     layouts = {g17.numel: g17, g32.numel: g32}
     cases += [(f"{name}+bias{form}", pat, n, dtype, d) for name, pat, n, dtype, d in cases
               if n in layouts for form in ("", "+gather")]
+    # Inputs whose every score is near -150 (a padded key must still get probability 0; the
+    # one-to-one HWA 64 on the short last tile runs the fused one-pass backward).
+    cases.append(("hwa64-short-tile", Window(64), g17.numel, torch.bfloat16, 64))
+    far = {"hwa64-short-tile", "hwa49-shift24", "swin-shift", "na-fp32"}
+    cases += [(f"{name}+far", pat, n, dtype, d) for name, pat, n, dtype, d in cases
+              if name in far]
     out = {}
     for name, pat, n, dtype, d in cases:
         if SMOKE:
@@ -126,8 +132,11 @@ def check_small():
                    "na-fp32": Neighborhood(g17, 3)}.get(name, pat)
         torch.manual_seed(0)
         b, h = 2, 3
-        q, k, v = (torch.randn(b, h, n, d, device=DEV, dtype=dtype, requires_grad=True)
-                   for _ in range(3))
+        q, k, v = (torch.randn(b, h, n, d, device=DEV, dtype=dtype) for _ in range(3))
+        if name.endswith("+far"):
+            shift = (150 / d**0.5) ** 0.5  # scores q.k / sqrt(d) near -150
+            q, k = q - shift, k + shift
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
         scale = d**-0.5
         bias = bias_r = None
         tb.BIAS_TILE_BYTES = 0 if name.endswith("+gather") else BIAS_TILE_BYTES
