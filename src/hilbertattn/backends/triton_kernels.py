@@ -189,8 +189,8 @@ def _tile_scores(q, K, V, KC, kv_tile, slot,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     """Key tile ``kv_tile`` (the plan's visit ``slot``) of a query tile ``q``: its keys and
-    values, the scores ``[queries, keys]`` in log2 units with the bias added, the element mask
-    ``ok`` (the key bounds on full tiles) and the key bounds ``n_ok``."""
+    values, the scores ``[queries, keys]`` in log2 units with the bias added, and the element
+    mask ``ok`` (the key bounds on full tiles)."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -209,7 +209,7 @@ def _tile_scores(q, K, V, KC, kv_tile, slot,
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
         s = _add_bias(s, BIAS, idx, ok, MASKED)
-    return k, v, s, ok, n_ok
+    return k, v, s, ok
 
 
 @triton.jit
@@ -222,17 +222,15 @@ def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
-    k, v, s, ok, n_ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+    k, v, s, ok = _tile_scores(q, K, V, KC, kv_tile, slot,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
                                      D, qk_scale, offs_n0, offs_d,
                                      MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
                                      EVEN_N, EVEN_D, DOT_PREC)
-    if MASKED:
+    if MASKED or not EVEN_N:
         s = tl.where(ok, s, float("-inf"))
-    elif not EVEN_N:
-        s = tl.where(n_ok[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASKED:
         # A row with nothing attended so far keeps m = -inf: shift by 0 instead (no inf - inf).
@@ -370,10 +368,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
     p_t = tl.math.exp2(s_t - lse[None, :])
     # Padded key rows (k = 0) must get p = 0, not exp2(bias - lse): that is infinite when every
     # score of a row is far below zero, and inf * 0 in dQ = dS^T K is NaN.
-    if MASKED:
+    if MASKED or not EVEN_N:
         p_t = tl.where(ok, p_t, 0.0)
-    elif not EVEN_N:
-        p_t = tl.where(n_ok[:, None], p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -489,7 +485,7 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, slot,
              BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
     """Add key tile ``kv_tile`` (the plan's visit ``slot``) to dQ of one query tile."""
-    k, v, s, ok, n_ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+    k, v, s, ok = _tile_scores(q, K, V, KC, kv_tile, slot,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
@@ -497,10 +493,8 @@ def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, slot,
                                      MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
                                      EVEN_N, EVEN_D, DOT_PREC)
     p = tl.math.exp2(s - lse[:, None])
-    if MASKED:
+    if MASKED or not EVEN_N:
         p = tl.where(ok, p, 0.0)
-    elif not EVEN_N:
-        p = tl.where(n_ok[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     ds = p * (dp - delta[:, None])
     dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
