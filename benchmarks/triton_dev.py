@@ -395,14 +395,19 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop sweeping after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    ap.add_argument("--descriptors", choices=["auto", "off"], default="auto",
+                    help="off: pointer loads even where tensor descriptors apply")
     args = ap.parse_args()
+    tb.TENSOR_DESCRIPTORS = None if args.descriptors == "auto" else False
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()
     except OSError:
         commit = ""
-    RESULTS["env"] = {"device": "cpu" if SMOKE else torch.cuda.get_device_name(), "torch": torch.__version__,
+    RESULTS["env"] = {"device": "cpu" if SMOKE else torch.cuda.get_device_name(),
+                      "torch": torch.__version__,
                       "triton": triton.__version__, "commit": commit,
+                      "descriptors": args.descriptors,
                       "command": "PYTHONPATH=src python3 benchmarks/triton_dev.py " +
                                  " ".join(sys.argv[1:])}
     RESULTS["rules"] = [r.__dict__ for r in tb.TILE_RULES]

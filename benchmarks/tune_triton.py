@@ -1,12 +1,15 @@
 """Check the triton backend on the GPU and time its tile configurations per benchmark case.
 
     python benchmarks/tune_triton.py --out results/tune.json [--check] [--cases window,slide]
+        [--descriptors both] [--no-flex]
 
 ``--check`` first compares forward and gradients with the float64 reference on random odd-sized
 grids, every pattern, dtype and several head dims (and FlexAttention, compiled, likewise). Then, per
 case, every candidate tile configuration of each pass is timed with ``triton.testing.do_bench``
 (median, L2 flushed), next to FlexAttention on the same layout and dense SDPA, in the same run.
 The chosen rows of ``TILE_RULES`` in ``hilbertattn/backends/triton.py`` come from its output.
+``--descriptors both`` times the default tiles and the forward candidates twice: inputs read
+through tensor descriptors and through pointer loads (``TENSOR_DESCRIPTORS``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import triton
 from triton.testing import do_bench
 
 import hilbertattn as ha
+from hilbertattn.backends import triton as triton_backend
 from hilbertattn.backends.triton import PassConfig, TileConfig, tile_config, triton_attention
 
 CASES = {  # id: (grid, heads, head dim, dtype, pattern builder)
@@ -30,10 +34,10 @@ CASES = {  # id: (grid, heads, head dim, dtype, pattern builder)
     "flux-4k": ((256, 256), 24, 128, torch.float16,
                 lambda L: ha.Neighborhood(L, 80, even_kernel=True)),
 }
-FWD = {64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3),
-            (128, 32, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3)],
-       128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 8, 3),
-             (64, 128, 8, 2), (64, 32, 4, 3)]}
+FWD = {64: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
+            (64, 32, 4, 3), (128, 32, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3)],
+       128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2),
+             (128, 128, 8, 3), (128, 32, 8, 3), (64, 128, 8, 2), (64, 32, 4, 3)]}
 DKDV = {64: [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3), (32, 128, 8, 2), (64, 128, 8, 2),
              (16, 64, 4, 2), (64, 32, 4, 3)],
         128: [(32, 64, 4, 2), (64, 64, 8, 2), (32, 128, 8, 2), (16, 64, 4, 2), (64, 32, 4, 2)]}
@@ -89,7 +93,8 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / (ms * 1e-3)
 
 
-def bench_case(name: str, report: dict, bandwidth: float) -> None:
+def bench_case(name: str, report: dict, bandwidth: float, descriptor_modes: tuple,
+               flex: bool) -> None:
     (shape, heads, d, dtype, make) = CASES[name]
     L = ha.Layout(shape, device="cuda")
     pat = make(L)
@@ -114,19 +119,30 @@ def bench_case(name: str, report: dict, bandwidth: float) -> None:
     row["partial_share"] = plan.partial_share
     row["sdpa_fwd_ms"] = fwd(lambda a, b, c: F.scaled_dot_product_attention(a, b, c))
     row["sol_fwd_ms"] = row["sdpa_fwd_ms"] * plan.density
-    row["flex_fwd_ms"] = fwd(lambda a, b, c: ha.attention(a, b, c, pat, backend="flex"))
-    row["flex_fwdbwd_ms"] = fwdbwd(lambda a, b, c: ha.attention(a, b, c, pat, backend="flex"))
+    if flex:
+        row["flex_fwd_ms"] = fwd(lambda a, b, c: ha.attention(a, b, c, pat, backend="flex"))
+        row["flex_fwdbwd_ms"] = fwdbwd(lambda a, b, c: ha.attention(a, b, c, pat,
+                                                                    backend="flex"))
     default = tile_config(pat, d, dtype)
     row["default"] = repr(default)
-    tri = lambda cfg: (lambda a, b, c: triton_attention(a, b, c, pat, d ** -0.5, tiles=cfg))
-    row["triton_fwd_ms"] = fwd(tri(default))
-    row["triton_fwdbwd_ms"] = fwdbwd(tri(default))
-    print(name, {k: v for k, v in row.items() if k.endswith("ms")}, flush=True)
+
+    def tri(cfg, descriptors=None):
+        def run(a, b, c):
+            triton_backend.TENSOR_DESCRIPTORS = descriptors  # read again by the backward
+            return triton_attention(a, b, c, pat, d ** -0.5, tiles=cfg)
+        return run
+
     fwd_times = {}
-    for c in FWD[d]:
-        cfg = TileConfig(PassConfig(*c), default.dkdv, default.dq)
-        fwd_times[str(c)] = fwd(tri(cfg))
-    best_fwd = min(fwd_times, key=fwd_times.get)
+    for mode in descriptor_modes:
+        suffix = "" if mode is None else f"_descriptors_{'on' if mode else 'off'}"
+        row["triton_fwd_ms" + suffix] = fwd(tri(default, mode))
+        row["triton_fwdbwd_ms" + suffix] = fwdbwd(tri(default, mode))
+        for c in FWD[d]:
+            cfg = TileConfig(PassConfig(*c), default.dkdv, default.dq)
+            fwd_times[str(c) + suffix] = fwd(tri(cfg, mode))
+    triton_backend.TENSOR_DESCRIPTORS = None
+    row.setdefault("triton_fwd_ms", fwd(tri(default)))
+    print(name, {k: v for k, v in row.items() if k.endswith("ms")}, flush=True)
     dkdv_times = {}
     for c in DKDV[d]:
         cfg = TileConfig(default.fwd, PassConfig(*c), default.dq)
@@ -146,7 +162,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--check", action="store_true")
     p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--descriptors", choices=["auto", "both"], default="auto")
+    p.add_argument("--no-flex", action="store_true")
     args = p.parse_args()
+    modes = (None,) if args.descriptors == "auto" else (False, True)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   triton=triton.__version__, cases=[])
     t0 = time.time()
@@ -157,7 +176,7 @@ def main() -> None:
     report["copy_bandwidth_GBps"] = bw / 1e9
     for name in args.cases.split(","):
         try:
-            bench_case(name, report, bw)
+            bench_case(name, report, bw, modes, not args.no_flex)
         except Exception as e:  # keep the other cases' numbers
             report["cases"].append(dict(case=name, error=repr(e)[:2000]))
             print(name, "ERROR", repr(e)[:2000], flush=True)

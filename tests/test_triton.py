@@ -263,6 +263,55 @@ def test_patterns(name, dtype, d):
     check(make(), n, d, dtype)
 
 
+def _count_descriptor_launches(monkeypatch) -> list:
+    """Force the tensor-descriptor path; the returned list grows by one per launch through it."""
+    tb = _backend()
+    launches = []
+    sources = tb._sources
+
+    def spy(xs, rows, block_d, descriptors):
+        launches.append(descriptors)
+        return sources(xs, rows, block_d, descriptors)
+
+    monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", True)
+    monkeypatch.setattr(tb, "_sources", spy)
+    return launches
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_inputs_read_through_tensor_descriptors(name, monkeypatch):
+    launches = _count_descriptor_launches(monkeypatch)
+    make, n = PATTERNS[name]
+    check(make(), n, 24, torch.float16)  # D = 24 pads to 32: the copy engine fills the columns
+    assert launches and all(launches)
+
+
+def test_tensor_descriptors_with_bias_and_strided_views(monkeypatch):
+    launches = _count_descriptor_launches(monkeypatch)
+    layout = Layout((10, 13))
+    b, h, n, d = 2, 3, 130, 32
+
+    def make(g):  # [B, N, H, D] storage: 16-byte aligned strides, so descriptors still apply
+        return tuple(torch.randn(b, n, h, d, generator=g).to(torch.float16).transpose(1, 2)
+                     for _ in range(3))
+
+    check(Neighborhood(layout, 5), n, d, torch.float16, b=b, h=h, make=make,
+          bias_layout=layout)
+    assert launches and all(launches)
+
+
+def test_unaligned_inputs_fall_back_to_pointer_loads(monkeypatch):
+    tb = _backend()
+    monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", True)
+    x = torch.randn(1, 2, 40, 24)
+    assert tb._use_descriptors(x, x)
+    assert not tb._use_descriptors(x, x[..., ::2])  # stride 2 along D
+    assert not tb._use_descriptors(x, torch.randn(1, 2, 40, 27)[..., :24])  # 108-byte rows
+    assert not tb._use_descriptors(x, torch.randn(1, 2, 1, 24).expand(1, 2, 40, 24))
+    monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", None)
+    assert not tb._use_descriptors(x, x)  # auto: only on GPUs with the copy engine
+
+
 def test_head_dim_16_and_rowmajor_layout():
     check(Neighborhood(Layout((8, 8), order="rowmajor"), 3), 64, 16, torch.float16, b=1, h=3)
 

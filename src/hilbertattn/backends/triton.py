@@ -52,6 +52,10 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     triton = None
     _k = None
     _TRITON_ERROR = exc
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except Exception:  # pragma: no cover - older triton, or none
+    TensorDescriptor = None
 
 __all__ = ["PassConfig", "TileConfig", "triton_attention", "tile_config", "TILE_RULES"]
 
@@ -375,6 +379,39 @@ def _strides(x: Tensor):
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
+# Whether the kernels read their inputs through tensor descriptors (the copy engine of Hopper
+# and newer GPUs) instead of per-thread pointer loads. None: where the device has the engine
+# and the inputs' strides allow it; True / False: wherever the strides allow it / never (the
+# tests force the descriptor path under the interpreter).
+TENSOR_DESCRIPTORS: Optional[bool] = None
+
+
+@lru_cache(maxsize=16)
+def _has_copy_engine(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _use_descriptors(*xs: Tensor) -> bool:
+    if TensorDescriptor is None or TENSOR_DESCRIPTORS is False:
+        return False
+    if TENSOR_DESCRIPTORS is None and not _has_copy_engine(xs[0].device):
+        return False
+    # The engine needs 16-byte aligned addresses and strides, and unit stride along D.
+    return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0
+               and all(st > 0 and st * x.element_size() % 16 == 0 for st in x.stride()[:-1])
+               for x in xs)
+
+
+def _sources(xs: tuple[Tensor, ...], rows: tuple[int, ...], block_d: int,
+             descriptors: bool) -> tuple:
+    """What a kernel reads ``xs`` through: the tensors, or 4-D descriptors of ``[1, 1, rows,
+    block_d]`` boxes (rows and columns past the end read as 0)."""
+    if not descriptors:
+        return xs
+    return tuple(TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, r, block_d])
+                 for x, r in zip(xs, rows))
+
+
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
     tables, A, _ = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
@@ -383,14 +420,17 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
+    tma = _use_descriptors(q, k, v)
     _k._fwd_kernel[(n_tiles * B * H,)](
-        q, k, v, o, lse, *tables, *pass_bias.args(),
+        *_sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd, tma),
+        o, lse, *tables, *pass_bias.args(),
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         N, H, N, D, n_tiles, scale * _LOG2E,
         A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
-        DOT_PREC=_dot_prec(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PREC=_dot_prec(q.dtype), TMA=tma, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
     return o, lse
 
 
@@ -400,6 +440,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     dev = q.device
     bd = _block_d(D)
     prec = _dot_prec(q.dtype)
+    tma = _use_descriptors(q, k, v, o, do)
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
@@ -417,14 +458,16 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         tables, A, _ = _tables(pattern, N, c.block_m, c.block_n, dev)
         pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = triton.cdiv(N, c.block_m)
+        q_, k_, v_, o_, do_ = _sources((q, k, v, o, do), (c.block_m, c.block_n, c.block_n,
+                                                          c.block_m, c.block_m), bd, tma)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
-            q, k, v, o, do, lse, delta, dq, *tables, *pass_bias.args(),
+            q_, k_, v_, o_, do_, lse, delta, dq, *tables, *pass_bias.args(),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
             A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
             BLOCK_N=c.block_n, BLOCK_D=bd,
             EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
-            DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages)
+            DOT_PREC=prec, TMA=tma, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
     tables, A, _ = dkdv_tables
@@ -438,8 +481,10 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         per_slot = B * values.numel() * 4
         n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
         dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
+    q_, k_, v_, o_, do_ = _sources((q, k, v, o, do), (c.block_m, c.block_n, c.block_n,
+                                                      c.block_m, c.block_m), bd, tma)
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
-        q, k, v, o, do, lse, delta, dq, dk, dv, *tables,
+        q_, k_, v_, o_, do_, lse, delta, dq, dk, dv, *tables,
         values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
         *radii,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
@@ -448,7 +493,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
         BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0,
         EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
-        FUSED_DQ=fused)
+        FUSED_DQ=fused, TMA=tma)
     if dbias is None:
         return dq, dk, dv, None
     if pass_bias.tiles:  # fold the blocks into a table per row tile, then sum those

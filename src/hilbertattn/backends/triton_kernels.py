@@ -62,6 +62,21 @@ def _load_2d(ptrs, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.conste
 
 
 @triton.jit
+def _load_tile(X, b, h, row0, offs, stride_n, stride_d, row_ok, d_ok, ROWS: tl.constexpr,
+               BLOCK_D: tl.constexpr, EVEN_ROWS: tl.constexpr, EVEN_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """Rows ``offs = row0 + arange(ROWS)`` of one (batch, head) of an input: through ``X``, a
+    4-D tensor descriptor read at ``[b, h, row0, 0]`` (the copy engine fills rows and columns
+    past the end with 0), or a pointer already at (b, h)."""
+    if TMA:
+        x = X.load([b.to(tl.int32), h.to(tl.int32), row0, 0]).reshape(ROWS, BLOCK_D)
+    else:
+        x = _load_2d(X + offs[:, None] * stride_n + tl.arange(0, BLOCK_D)[None, :] * stride_d,
+                     row_ok, d_ok, EVEN_ROWS, EVEN_D)
+    return x
+
+
+@triton.jit
 def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
     if EVEN_ROWS:
         if EVEN_COLS:
@@ -180,24 +195,25 @@ def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.
 
 
 @triton.jit
-def _tile_scores(q, K, V, KC, kv_tile, slot,
+def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                  lo0, hi0, lo1, hi1, lo2, hi2,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
                  MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                 BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+                 DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """Key tile ``kv_tile`` (the plan's visit ``slot``) of a query tile ``q``: its keys and
     values, the scores ``[queries, keys]`` in log2 units with the bias added, and the element
     mask ``ok`` (the key bounds on full tiles)."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
-    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
-    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
+    k = _load_tile(K, b, h, kv_tile * BLOCK_N, offs_n, stride_kn, stride_kd, n_ok, d_ok,
+                   BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
+    v = _load_tile(V, b, h, kv_tile * BLOCK_N, offs_n, stride_vn, stride_vd, n_ok, d_ok,
+                   BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
     ok = n_ok[None, :]
     if MASKED:
@@ -213,22 +229,23 @@ def _tile_scores(q, K, V, KC, kv_tile, slot,
 
 
 @triton.jit
-def _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile, slot,
+def _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile, slot,
                  lo0, hi0, lo1, hi1, lo2, hi2,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
                  MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                 BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+                 DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
-    k, v, s, ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+    k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
                                      D, qk_scale, offs_n0, offs_d,
                                      MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                     EVEN_N, EVEN_D, DOT_PREC)
+                                     BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
     if MASKED or not EVEN_N:
         s = tl.where(ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -257,15 +274,16 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     pid = tl.program_id(0)
     q_tile = pid % n_tiles
     bh = pid // n_tiles
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
+    if not TMA:  # descriptors are read at [b, h, row, 0]
+        Q += b * stride_qb + h * stride_qh
+        K += b * stride_kb + h * stride_kh
+        V += b * stride_vb + h * stride_vh
     O += b * stride_ob + h * stride_oh
     BIAS += h * stride_bias
 
@@ -274,8 +292,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N
     d_ok = offs_d < D
-    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
-                 EVEN_M, EVEN_D)
+    q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
+                   BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
     lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
 
@@ -286,25 +304,25 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile,
                                      q_tile * bias_slots + t,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_N,
-                                     EVEN_D, DOT_PREC)
+                                     False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                     EVEN_N, EVEN_D, DOT_PREC, TMA)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, kv_tile,
+        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile,
                                      q_tile * bias_slots + n_full + t,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                      N, D, qk_scale, offs_n0, offs_d,
-                                     True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_N,
-                                     EVEN_D, DOT_PREC)
+                                     True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                     EVEN_N, EVEN_D, DOT_PREC, TMA)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -321,7 +339,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
+def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, slot,
                c0, c1, c2,
                BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                stride_qn, stride_qd, stride_don, stride_dod, stride_on, stride_od,
@@ -329,8 +347,9 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
                offs_m0, offs_d, n_ok,
                MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
                BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-               DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
+               BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+               EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
+               TMA: tl.constexpr):
     """Add query tile ``q_tile`` (the plan's visit ``slot``) to dK, dV of one key tile (scores
     held transposed).
 
@@ -341,15 +360,15 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile, slot,
     offs_m = q_tile * BLOCK_M + offs_m0
     m_ok = offs_m < N
     d_ok = offs_d < D
-    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
-                 EVEN_M, EVEN_D)
-    do = _load_2d(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, m_ok, d_ok,
-                  EVEN_M, EVEN_D)
+    q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
+                   BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
+    do = _load_tile(DO, b, h, q_tile * BLOCK_M, offs_m, stride_don, stride_dod, m_ok, d_ok,
+                    BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
     # Out-of-range query rows: lse = +inf makes their probabilities exactly 0.
     lse = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     if FUSED_DQ:
-        o = _load_2d(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, m_ok, d_ok,
-                     EVEN_M, EVEN_D)
+        o = _load_tile(O, b, h, q_tile * BLOCK_M, offs_m, stride_on, stride_od, m_ok, d_ok,
+                       BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     else:
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
@@ -404,7 +423,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-                     EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr):
+                     EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
+                     TMA: tl.constexpr):
     """dK, dV of one key tile, walking the transposed plan (the query tiles that see it); with
     ``FUSED_DQ`` also dQ of those query tiles (see ``_dkdv_tile``)."""
     pid = tl.program_id(0)
@@ -412,11 +432,12 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     bh = pid // n_tiles
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    O += b * stride_ob + h * stride_oh
-    DO += b * stride_dob + h * stride_doh
+    if not TMA:  # descriptors are read at [b, h, row, 0]
+        Q += b * stride_qb + h * stride_qh
+        K += b * stride_kb + h * stride_kh
+        V += b * stride_vb + h * stride_vh
+        O += b * stride_ob + h * stride_oh
+        DO += b * stride_dob + h * stride_doh
     DQ += b * stride_dqb + h * stride_dqh
     DK += b * stride_dkb + h * stride_dkh
     DV += b * stride_dvb + h * stride_dvh
@@ -436,10 +457,10 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < N
     d_ok = offs_d < D
-    k = _load_2d(K + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
-    v = _load_2d(V + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, n_ok, d_ok,
-                 EVEN_N, EVEN_D)
+    k = _load_tile(K, b, h, kv_tile * BLOCK_N, offs_n, stride_kn, stride_kd, n_ok, d_ok,
+                   BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
+    v = _load_tile(V, b, h, kv_tile * BLOCK_N, offs_n, stride_vn, stride_vd, n_ok, d_ok,
+                   BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
     c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
     kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -448,25 +469,25 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + kv_tile)
     for t in range(0, n_full):
         q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile,
                             kv_tile * bias_slots + t,
                             c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_N,
-                            EVEN_D, DOT_PREC, FUSED_DQ)
+                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, q_tile,
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile,
                             kv_tile * bias_slots + n_full + t,
                             c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, EVEN_M, EVEN_N,
-                            EVEN_D, DOT_PREC, FUSED_DQ)
+                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -476,22 +497,23 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, slot,
+def _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile, slot,
              lo0, hi0, lo1, hi1, lo2, hi2,
              BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
              stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
              offs_n0, offs_d,
              MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
              BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+             BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+             DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """Add key tile ``kv_tile`` (the plan's visit ``slot``) to dQ of one query tile."""
-    k, v, s, ok = _tile_scores(q, K, V, KC, kv_tile, slot,
+    k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                                      lo0, hi0, lo1, hi1, lo2, hi2,
                                      BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
                                      D, qk_scale, offs_n0, offs_d,
                                      MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                     EVEN_N, EVEN_D, DOT_PREC)
+                                     BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
     p = tl.math.exp2(s - lse[:, None])
     if MASKED or not EVEN_N:
         p = tl.where(ok, p, 0.0)
@@ -515,7 +537,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-                   EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr):
+                   EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """dQ of one query tile, walking the forward-shaped plan.
 
     Runs before the dK/dV kernel: it also computes and stores ``delta = rowsum(dO * O)`` (fp32),
@@ -526,11 +548,12 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     bh = pid // n_tiles
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    O += b * stride_ob + h * stride_oh
-    DO += b * stride_dob + h * stride_doh
+    if not TMA:  # descriptors are read at [b, h, row, 0]
+        Q += b * stride_qb + h * stride_qh
+        K += b * stride_kb + h * stride_kh
+        V += b * stride_vb + h * stride_vh
+        O += b * stride_ob + h * stride_oh
+        DO += b * stride_dob + h * stride_doh
     DQ += b * stride_dqb + h * stride_dqh
     BIAS += h * stride_bias
 
@@ -539,12 +562,12 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < N
     d_ok = offs_d < D
-    q = _load_2d(Q + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd, m_ok, d_ok,
-                 EVEN_M, EVEN_D)
-    do = _load_2d(DO + offs_m[:, None] * stride_don + offs_d[None, :] * stride_dod, m_ok, d_ok,
-                  EVEN_M, EVEN_D)
-    o = _load_2d(O + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od, m_ok, d_ok,
-                 EVEN_M, EVEN_D)
+    q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
+                   BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
+    do = _load_tile(DO, b, h, q_tile * BLOCK_M, offs_m, stride_don, stride_dod, m_ok, d_ok,
+                    BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
+    o = _load_tile(O, b, h, q_tile * BLOCK_M, offs_m, stride_on, stride_od, m_ok, d_ok,
+                   BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
@@ -555,19 +578,19 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, q_tile * bias_slots + t,
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
                       lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                       offs_n0, offs_d, False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                      EVEN_N, EVEN_D, DOT_PREC)
+                      BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, kv_tile, q_tile * bias_slots + n_full + t,
-                      lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile,
+                      q_tile * bias_slots + n_full + t, lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                       offs_n0, offs_d, True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                      EVEN_N, EVEN_D, DOT_PREC)
+                      BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
