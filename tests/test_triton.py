@@ -230,7 +230,7 @@ def test_operators_pass_the_torch_library_checks(with_bias):
     q, k, v = (torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3))
     table = torch.randn(2, 7, 7, requires_grad=True) if with_bias else None
     coords = layout.coords if with_bias else None
-    handles = (tb._pattern_handle(pattern), 0.25, tb._tiles_handle(None, pattern, 16, q.dtype))
+    handles = (pattern.key, 0.25, tb._tiles_handle(None, pattern.key, 16, q.dtype))
     torch.library.opcheck(tb._forward_op, (q, k, v, table, coords, *handles))
     detached = [None if x is None else x.detach() for x in (q, k, v, table)]
     o, lse = tb._forward_op(*detached[:3], detached[3], coords, *handles)
@@ -304,12 +304,16 @@ def test_unaligned_inputs_fall_back_to_pointer_loads(monkeypatch):
     tb = _backend()
     monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", True)
     x = torch.randn(1, 2, 40, 24)
-    assert tb._use_descriptors(x, x)
-    assert not tb._use_descriptors(x, x[..., ::2])  # stride 2 along D
-    assert not tb._use_descriptors(x, torch.randn(1, 2, 40, 27)[..., :24])  # 108-byte rows
-    assert not tb._use_descriptors(x, torch.randn(1, 2, 1, 24).expand(1, 2, 40, 24))
+    big = tb.DESCRIPTOR_MIN_PRODUCTS
+    assert tb._use_descriptors((x, x), 1)
+    assert not tb._use_descriptors((x, x[..., ::2]), big)  # stride 2 along D
+    assert not tb._use_descriptors((x, torch.randn(1, 2, 40, 27)[..., :24]), big)  # 108-byte rows
+    assert not tb._use_descriptors((x, torch.randn(1, 2, 1, 24).expand(1, 2, 40, 24)), big)
     monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", None)
-    assert not tb._use_descriptors(x, x)  # auto: only on GPUs with the copy engine
+    assert not tb._use_descriptors((x, x), big)  # auto: only on GPUs with the copy engine
+    monkeypatch.setattr(tb, "_has_copy_engine", lambda device: True)
+    assert tb._use_descriptors((x, x), big)
+    assert not tb._use_descriptors((x, x), big - 1)  # small passes: the host cost dominates
 
 
 def test_head_dim_16_and_rowmajor_layout():

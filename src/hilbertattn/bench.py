@@ -60,7 +60,7 @@ class UnclampedBox(GridPattern):
     layout: Layout
     size: int
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _positive_int("size", self.size)
         if self.size % 2 == 0:
             raise ValueError(f"size must be odd, got {self.size}")

@@ -51,7 +51,21 @@ def _per_axis(name: str, value, ndim: int) -> tuple[int, ...]:
 
 class Pattern:
     """Base of all patterns. Subclasses are frozen dataclasses, hashable, so plans and compiled
-    kernels can be cached per pattern."""
+    kernels can be cached per pattern; they check their fields in ``_validate``."""
+
+    def __post_init__(self) -> None:
+        self._validate()
+        _intern(self)
+
+    def _validate(self) -> None:
+        """Raise ``ValueError``, naming the argument, for fields the pattern cannot take."""
+
+    @property
+    def key(self) -> int:
+        """A small integer shared by equal patterns: how compiled code (``torch.compile``) hands
+        a pattern to the kernels, as a constant."""
+        key = getattr(self, "_key", None)
+        return _intern(self) if key is None else key
 
     def check(self, seq_len: int) -> None:
         """Raise ``ValueError`` if the pattern cannot be applied to ``seq_len`` tokens."""
@@ -67,6 +81,23 @@ class Pattern:
 
     def _codes(self, seq_len: int, device: torch.device) -> MaskCodes:
         raise NotImplementedError
+
+
+_KEYS: dict[Pattern, int] = {}
+_BY_KEY: list[Pattern] = []
+
+
+def _intern(pattern: Pattern) -> int:
+    key = _KEYS.setdefault(pattern, len(_BY_KEY))
+    if key == len(_BY_KEY):
+        _BY_KEY.append(pattern)
+    object.__setattr__(pattern, "_key", key)
+    return key
+
+
+def pattern_of_key(key: int) -> Pattern:
+    """The pattern whose ``key`` is ``key``."""
+    return _BY_KEY[key]
 
 
 @lru_cache(maxsize=128)
@@ -112,7 +143,7 @@ class Window(SequencePattern):
     window: int
     shift: int = 0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _positive_int("window", self.window)
         if isinstance(self.shift, bool) or not isinstance(self.shift, int) or not (
             0 <= self.shift < self.window
@@ -133,7 +164,7 @@ class Slide(SequencePattern):
     window: int
     clamped: bool = False
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _positive_int("window", self.window)
         if self.clamped and self.window % 2 == 0:
             raise ValueError(f"window must be odd when clamped=True, got {self.window}")
@@ -215,7 +246,7 @@ class Neighborhood(GridPattern):
     kernel: tuple[int, ...] = field(init=False, repr=False, compare=False)
     dil: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         self._check_arguments("kernel_size", "dilation")
         nd = self.layout.ndim
         kernel = _per_axis("kernel_size", self.kernel_size, nd)
@@ -265,7 +296,7 @@ class Window2D(GridPattern):
     size: tuple[int, ...] = field(init=False, repr=False, compare=False)
     offset: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         self._check_arguments("window_size", "shift")
         nd = self.layout.ndim
         size = _per_axis("window_size", self.window_size, nd)

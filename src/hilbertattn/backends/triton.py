@@ -41,6 +41,7 @@ from torch import Tensor
 
 from ..bias import RelativeBias
 from ..functional import check_bias, check_qkv
+from ..patterns import pattern_of_key
 
 try:
     import triton
@@ -174,6 +175,7 @@ class _Tables(NamedTuple):
     args: tuple  # qlo, qhi, kcode, full counts/indices, partial counts/indices, plan row stride
     axes: int  # A, the number of interval axes of the mask codes
     one_to_one: bool  # every query tile attends exactly one key tile
+    visits: int  # tiles visited, summed over the rows
 
 
 @lru_cache(maxsize=256)
@@ -185,7 +187,8 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
     from ..plan import block_plan
 
     plan = block_plan(pattern, n, q_tile=block_m, kv_tile=block_n, device=device)
-    one_to_one = bool(((plan.full_counts + plan.partial_counts) == 1).all())
+    per_row = plan.full_counts + plan.partial_counts
+    one_to_one = bool((per_row == 1).all())
     if transposed:
         plan = plan.transposed()
     lists = [t.to(device=device, dtype=torch.int32).contiguous()
@@ -197,7 +200,7 @@ def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
     if not (1 <= a <= 3) or any(c.shape != (a, n) for c in codes):
         raise ValueError(f"pattern codes must be int32 [A, {n}] with A in 1..3, got "
                          f"{[tuple(c.shape) for c in codes]}")
-    return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one)
+    return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one, int(per_row.sum()))
 
 
 # Bias gradient buffers of the gather form: one copy of the tables per slot (key tile % slots)
@@ -380,10 +383,18 @@ def _strides(x: Tensor):
 
 
 # Whether the kernels read their inputs through tensor descriptors (the copy engine of Hopper
-# and newer GPUs) instead of per-thread pointer loads. None: where the device has the engine
-# and the inputs' strides allow it; True / False: wherever the strides allow it / never (the
-# tests force the descriptor path under the interpreter).
+# and newer GPUs) instead of per-thread pointer loads. None: on a device with the engine, for
+# passes of at least DESCRIPTOR_MIN_PRODUCTS, where the inputs' strides allow it; True / False:
+# wherever the strides allow it / never (the tests force the descriptor path under the
+# interpreter).
 TENSOR_DESCRIPTORS: Optional[bool] = None
+# Descriptors are encoded on the host at every launch: on the H100 machine a forward call cost
+# 65-110 us more host time with them, while the kernels ran 7-8% faster on the large cases
+# (13x13 NA at 256x256: 0.42 ms; flux-4k: 15 ms; benchmarks/results/descriptor_cost_h100.json).
+# So a pass uses them from this many score products on (visited tiles x batch x heads x
+# block_m x block_n x padded head dim; the 13x13 NA forward above has 1.85e10), below which
+# the launch cost is not hidden behind the GPU's time.
+DESCRIPTOR_MIN_PRODUCTS = 1 << 34
 
 
 @lru_cache(maxsize=16)
@@ -391,10 +402,12 @@ def _has_copy_engine(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def _use_descriptors(*xs: Tensor) -> bool:
+def _use_descriptors(xs: tuple[Tensor, ...], products: int) -> bool:
+    """Whether a pass computing ``products`` score products reads ``xs`` through descriptors."""
     if TensorDescriptor is None or TENSOR_DESCRIPTORS is False:
         return False
-    if TENSOR_DESCRIPTORS is None and not _has_copy_engine(xs[0].device):
+    if TENSOR_DESCRIPTORS is None and (products < DESCRIPTOR_MIN_PRODUCTS
+                                       or not _has_copy_engine(xs[0].device)):
         return False
     # The engine needs 16-byte aligned addresses and strides, and unit stride along D.
     return all(x.stride(-1) == 1 and x.data_ptr() % 16 == 0
@@ -414,13 +427,13 @@ def _sources(xs: tuple[Tensor, ...], rows: tuple[int, ...], block_d: int,
 
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
-    tables, A, _ = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
+    tables, A, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
     o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
-    tma = _use_descriptors(q, k, v)
+    tma = _use_descriptors((q, k, v), visits * B * H * cfg.block_m * cfg.block_n * bd)
     _k._fwd_kernel[(n_tiles * B * H,)](
         *_sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd, tma),
         o, lse, *tables, *pass_bias.args(),
@@ -440,7 +453,6 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     dev = q.device
     bd = _block_d(D)
     prec = _dot_prec(q.dtype)
-    tma = _use_descriptors(q, k, v, o, do)
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
@@ -455,11 +467,13 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     else:
         delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
         c = cfg.dq
-        tables, A, _ = _tables(pattern, N, c.block_m, c.block_n, dev)
+        tables, A, _, visits = _tables(pattern, N, c.block_m, c.block_n, dev)
         pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = triton.cdiv(N, c.block_m)
-        q_, k_, v_, o_, do_ = _sources((q, k, v, o, do), (c.block_m, c.block_n, c.block_n,
-                                                          c.block_m, c.block_m), bd, tma)
+        inputs = (q, k, v, o, do)
+        tma = _use_descriptors(inputs, visits * B * H * c.block_m * c.block_n * bd)
+        q_, k_, v_, o_, do_ = _sources(inputs, (c.block_m, c.block_n, c.block_n, c.block_m,
+                                                c.block_m), bd, tma)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
             q_, k_, v_, o_, do_, lse, delta, dq, *tables, *pass_bias.args(),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
@@ -470,7 +484,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
             DOT_PREC=prec, TMA=tma, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
-    tables, A, _ = dkdv_tables
+    tables, A, _, visits = dkdv_tables
     n_tiles = triton.cdiv(N, c.block_n)
     pass_bias = bias.for_pass(q, c.block_m, c.block_n, transposed=True)
     values, coords, stride_bias, bias_slots, *radii = pass_bias.args()
@@ -481,8 +495,10 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         per_slot = B * values.numel() * 4
         n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
         dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
-    q_, k_, v_, o_, do_ = _sources((q, k, v, o, do), (c.block_m, c.block_n, c.block_n,
-                                                      c.block_m, c.block_m), bd, tma)
+    inputs = (q, k, v, o, do)
+    tma = _use_descriptors(inputs, visits * B * H * c.block_m * c.block_n * bd)
+    q_, k_, v_, o_, do_ = _sources(inputs, (c.block_m, c.block_n, c.block_n, c.block_m,
+                                            c.block_m), bd, tma)
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
         q_, k_, v_, o_, do_, lse, delta, dq, dk, dv, *tables,
         values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
@@ -503,28 +519,20 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     return dq, dk, dv, dbias.sum((0, 1))
 
 
-# torch.library operators take tensors and plain numbers only: a pattern and a tile
-# configuration travel through them as their index in this table, a constant that
-# torch.compile reads once while tracing.
-_HELD: list = []
-_HANDLES: dict = {}
-
-
-def _handle(obj) -> int:
-    if obj not in _HANDLES:
-        _HANDLES[obj] = len(_HELD)
-        _HELD.append(obj)
-    return _HANDLES[obj]
+# torch.library operators take tensors and plain numbers only: a pattern travels through them
+# as its ``key``, a tile configuration as its index in this table; torch.compile reads both
+# once, as constants, while tracing.
+_TILE_CONFIGS: list[TileConfig] = []
+_TILE_INDEX: dict[TileConfig, int] = {}
 
 
 @torch.compiler.assume_constant_result
-def _pattern_handle(pattern) -> int:
-    return _handle(pattern)
-
-
-@torch.compiler.assume_constant_result
-def _tiles_handle(tiles, pattern, head_dim: int, dtype: torch.dtype) -> int:
-    return _handle(_as_tile_config(tiles, pattern, head_dim, dtype))
+def _tiles_handle(tiles, pattern: int, head_dim: int, dtype: torch.dtype) -> int:
+    cfg = _as_tile_config(tiles, pattern_of_key(pattern), head_dim, dtype)
+    if cfg not in _TILE_INDEX:
+        _TILE_INDEX[cfg] = len(_TILE_CONFIGS)
+        _TILE_CONFIGS.append(cfg)
+    return _TILE_INDEX[cfg]
 
 
 def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern) -> _BiasArgs:
@@ -535,16 +543,17 @@ def _forward_impl(q: Tensor, k: Tensor, v: Tensor, table: Optional[Tensor],
                   coords: Optional[Tensor], pattern: int, scale: float,
                   tiles: int) -> tuple[Tensor, Tensor]:
     """Output ``[B, H, N, D]`` (contiguous) and log-sum-exp (fp32 ``[B, H, N]``)."""
-    return _forward(q, k, v, _bias_args(table, coords, _HELD[pattern]), _HELD[pattern], scale,
-                    _HELD[tiles].fwd)
+    pat = pattern_of_key(pattern)
+    return _forward(q, k, v, _bias_args(table, coords, pat), pat, scale, _TILE_CONFIGS[tiles].fwd)
 
 
 def _backward_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                    table: Optional[Tensor], coords: Optional[Tensor], pattern: int, scale: float,
                    tiles: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dQ, dK, dV and the table's gradient (empty without a table)."""
-    dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, _bias_args(table, coords, _HELD[pattern]),
-                                  _HELD[pattern], scale, _HELD[tiles])
+    pat = pattern_of_key(pattern)
+    dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, _bias_args(table, coords, pat), pat, scale,
+                                  _TILE_CONFIGS[tiles])
     dtable = q.new_empty(0) if dbias is None else dbias.to(table.dtype).view(table.shape)
     return dq, dk, dv, dtable
 
@@ -662,8 +671,8 @@ def triton_attention(
             f"the triton backend needs CUDA tensors (got device {q.device}); use "
             f"backend='flex' or 'reference', or set TRITON_INTERPRET=1 for the slow interpreter")
     table, coords = (None, None) if bias is None else bias
-    inputs = (q, k, v, table, coords, _pattern_handle(pattern), float(scale),
-              _tiles_handle(tiles, pattern, q.shape[-1], q.dtype))
+    inputs = (q, k, v, table, coords, pattern.key, float(scale),
+              _tiles_handle(tiles, pattern.key, q.shape[-1], q.dtype))
     if torch.compiler.is_compiling():
         return _forward_op(*inputs)[0]
     return _EagerAttention.apply(*inputs)
