@@ -1,7 +1,10 @@
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from hilbertattn import Layout, Neighborhood, Slide, Window, Window2D
+from hilbertattn.patterns import SequencePattern, pattern_of_key
 
 from spec import neighborhood_mask, slide_mask, window2d_mask, window_mask
 
@@ -117,6 +120,29 @@ def test_patterns_are_hashable_values():
     assert Neighborhood(layout, 3) == Neighborhood(Layout((8, 8)), 3)
     assert Neighborhood(layout, [3, 3]) == Neighborhood(layout, (3, 3))
     assert Window2D(layout, 4) != Window2D(layout, 4, 2)
+
+
+def test_equal_patterns_share_one_key():
+    layout = Layout((8, 8))
+    made = [Window(4, 1), Window(4, 1), Window(4), Neighborhood(layout, [3, 3]),
+            Neighborhood(Layout((8, 8)), (3, 3)), Window2D(layout, 4)]
+    keys = [p.key for p in made]
+    assert keys[0] == keys[1] and keys[3] == keys[4]
+    assert len({keys[0], keys[2], keys[3], keys[5]}) == 4
+    for p in made:
+        assert pattern_of_key(p.key) == p
+
+
+def test_a_subclass_that_skips_the_base_post_init_still_gets_a_key():
+    @dataclass(frozen=True)
+    class EveryOther(SequencePattern):
+        window: int
+
+        def __post_init__(self) -> None:  # no super().__post_init__()
+            pass
+
+    p = EveryOther(3)
+    assert pattern_of_key(p.key) == p and EveryOther(3).key == p.key
 
 
 @pytest.mark.parametrize("make,match", [
