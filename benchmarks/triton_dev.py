@@ -395,10 +395,11 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop sweeping after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
-    ap.add_argument("--descriptors", choices=["auto", "off"], default="auto",
-                    help="off: pointer loads even where tensor descriptors apply")
+    ap.add_argument("--descriptors", choices=["auto", "on", "off"], default="auto",
+                    help="on / off: tensor descriptors wherever the strides allow / never "
+                         "(auto: only for large passes)")
     args = ap.parse_args()
-    tb.TENSOR_DESCRIPTORS = None if args.descriptors == "auto" else False
+    tb.TENSOR_DESCRIPTORS = {"auto": None, "on": True, "off": False}[args.descriptors]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
                                 text=True).stdout.strip()

@@ -77,6 +77,23 @@ def _load_tile(X, b, h, row0, offs, stride_n, stride_d, row_ok, d_ok, ROWS: tl.c
 
 
 @triton.jit
+def _program(n_tiles, H):
+    """This program's tile and (batch*head, batch, head), from ``pid = bh * n_tiles + tile``."""
+    pid = tl.program_id(0)
+    bh = pid // n_tiles
+    return pid % n_tiles, bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
+def _at_head(X, b, h, stride_b, stride_h, TMA: tl.constexpr):
+    """Input ``X`` at (batch ``b``, head ``h``): a pointer moved there, or a descriptor as it is
+    (``_load_tile`` reads it at ``[b, h, row, 0]``)."""
+    if not TMA:
+        X += b * stride_b + h * stride_h
+    return X
+
+
+@triton.jit
 def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.constexpr):
     if EVEN_ROWS:
         if EVEN_COLS:
@@ -275,15 +292,10 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                 EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
-    pid = tl.program_id(0)
-    q_tile = pid % n_tiles
-    bh = pid // n_tiles
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    if not TMA:  # descriptors are read at [b, h, row, 0]
-        Q += b * stride_qb + h * stride_qh
-        K += b * stride_kb + h * stride_kh
-        V += b * stride_vb + h * stride_vh
+    q_tile, bh, b, h = _program(n_tiles, H)
+    Q = _at_head(Q, b, h, stride_qb, stride_qh, TMA)
+    K = _at_head(K, b, h, stride_kb, stride_kh, TMA)
+    V = _at_head(V, b, h, stride_vb, stride_vh, TMA)
     O += b * stride_ob + h * stride_oh
     BIAS += h * stride_bias
 
@@ -427,17 +439,12 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      TMA: tl.constexpr):
     """dK, dV of one key tile, walking the transposed plan (the query tiles that see it); with
     ``FUSED_DQ`` also dQ of those query tiles (see ``_dkdv_tile``)."""
-    pid = tl.program_id(0)
-    kv_tile = pid % n_tiles
-    bh = pid // n_tiles
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    if not TMA:  # descriptors are read at [b, h, row, 0]
-        Q += b * stride_qb + h * stride_qh
-        K += b * stride_kb + h * stride_kh
-        V += b * stride_vb + h * stride_vh
-        O += b * stride_ob + h * stride_oh
-        DO += b * stride_dob + h * stride_doh
+    kv_tile, bh, b, h = _program(n_tiles, H)
+    Q = _at_head(Q, b, h, stride_qb, stride_qh, TMA)
+    K = _at_head(K, b, h, stride_kb, stride_kh, TMA)
+    V = _at_head(V, b, h, stride_vb, stride_vh, TMA)
+    O = _at_head(O, b, h, stride_ob, stride_oh, TMA)
+    DO = _at_head(DO, b, h, stride_dob, stride_doh, TMA)
     DQ += b * stride_dqb + h * stride_dqh
     DK += b * stride_dkb + h * stride_dkh
     DV += b * stride_dvb + h * stride_dvh
@@ -543,17 +550,12 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     Runs before the dK/dV kernel: it also computes and stores ``delta = rowsum(dO * O)`` (fp32),
     the softmax-gradient row term that the dK/dV kernel reads back.
     """
-    pid = tl.program_id(0)
-    q_tile = pid % n_tiles
-    bh = pid // n_tiles
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    if not TMA:  # descriptors are read at [b, h, row, 0]
-        Q += b * stride_qb + h * stride_qh
-        K += b * stride_kb + h * stride_kh
-        V += b * stride_vb + h * stride_vh
-        O += b * stride_ob + h * stride_oh
-        DO += b * stride_dob + h * stride_doh
+    q_tile, bh, b, h = _program(n_tiles, H)
+    Q = _at_head(Q, b, h, stride_qb, stride_qh, TMA)
+    K = _at_head(K, b, h, stride_kb, stride_kh, TMA)
+    V = _at_head(V, b, h, stride_vb, stride_vh, TMA)
+    O = _at_head(O, b, h, stride_ob, stride_oh, TMA)
+    DO = _at_head(DO, b, h, stride_dob, stride_doh, TMA)
     DQ += b * stride_dqb + h * stride_dqh
     BIAS += h * stride_bias
 
