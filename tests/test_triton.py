@@ -269,9 +269,10 @@ def _count_descriptor_launches(monkeypatch) -> list:
     launches = []
     sources = tb._sources
 
-    def spy(xs, rows, block_d, descriptors):
+    def spy(xs, rows, block_d, products):
+        out, descriptors = sources(xs, rows, block_d, products)
         launches.append(descriptors)
-        return sources(xs, rows, block_d, descriptors)
+        return out, descriptors
 
     monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", True)
     monkeypatch.setattr(tb, "_sources", spy)

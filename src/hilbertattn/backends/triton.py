@@ -389,7 +389,7 @@ def _strides(x: Tensor):
 # interpreter).
 TENSOR_DESCRIPTORS: Optional[bool] = None
 # Descriptors are encoded on the host at every launch: on the H100 machine a forward call cost
-# 65-110 us more host time with them, while the kernels ran 7-8% faster on the large cases
+# 65-110 us more host time with them, while the kernels ran 5-8% faster on the large cases
 # (13x13 NA at 256x256: 0.42 ms; flux-4k: 15 ms; benchmarks/results/descriptor_cost_h100.json).
 # So a pass uses them from this many score products on (visited tiles x batch x heads x
 # block_m x block_n x padded head dim; the 13x13 NA forward above has 1.85e10), below which
@@ -416,13 +416,22 @@ def _use_descriptors(xs: tuple[Tensor, ...], products: int) -> bool:
 
 
 def _sources(xs: tuple[Tensor, ...], rows: tuple[int, ...], block_d: int,
-             descriptors: bool) -> tuple:
-    """What a kernel reads ``xs`` through: the tensors, or 4-D descriptors of ``[1, 1, rows,
-    block_d]`` boxes (rows and columns past the end read as 0)."""
-    if not descriptors:
-        return xs
+             products: int) -> tuple[tuple, bool]:
+    """What a pass computing ``products`` score products reads ``xs`` through, and whether
+    those are descriptors: the tensors, or 4-D descriptors of ``[1, 1, rows, block_d]`` boxes
+    (rows and columns past the end read as 0)."""
+    if not _use_descriptors(xs, products):
+        return xs, False
     return tuple(TensorDescriptor(x, list(x.shape), list(x.stride()), [1, 1, r, block_d])
-                 for x, r in zip(xs, rows))
+                 for x, r in zip(xs, rows)), True
+
+
+def _backward_sources(q, k, v, o, do, cfg: PassConfig, block_d: int,
+                      tile_visits: int) -> tuple[tuple, bool]:
+    """``_sources`` of a backward pass (q, o, dO in query tiles, k, v in key tiles) that makes
+    ``tile_visits`` tile visits over the batch and heads."""
+    m, n = cfg.block_m, cfg.block_n
+    return _sources((q, k, v, o, do), (m, n, n, m, m), block_d, tile_visits * m * n * block_d)
 
 
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
@@ -433,10 +442,10 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = triton.cdiv(N, cfg.block_m)
     bd = _block_d(D)
-    tma = _use_descriptors((q, k, v), visits * B * H * cfg.block_m * cfg.block_n * bd)
+    sources, tma = _sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd,
+                            visits * B * H * cfg.block_m * cfg.block_n * bd)
     _k._fwd_kernel[(n_tiles * B * H,)](
-        *_sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd, tma),
-        o, lse, *tables, *pass_bias.args(),
+        *sources, o, lse, *tables, *pass_bias.args(),
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
         N, H, N, D, n_tiles, scale * _LOG2E,
         A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=cfg.block_m,
@@ -470,12 +479,9 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         tables, A, _, visits = _tables(pattern, N, c.block_m, c.block_n, dev)
         pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = triton.cdiv(N, c.block_m)
-        inputs = (q, k, v, o, do)
-        tma = _use_descriptors(inputs, visits * B * H * c.block_m * c.block_n * bd)
-        q_, k_, v_, o_, do_ = _sources(inputs, (c.block_m, c.block_n, c.block_n, c.block_m,
-                                                c.block_m), bd, tma)
+        sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
-            q_, k_, v_, o_, do_, lse, delta, dq, *tables, *pass_bias.args(),
+            *sources, lse, delta, dq, *tables, *pass_bias.args(),
             *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
             A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
@@ -495,12 +501,9 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         per_slot = B * values.numel() * 4
         n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
         dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
-    inputs = (q, k, v, o, do)
-    tma = _use_descriptors(inputs, visits * B * H * c.block_m * c.block_n * bd)
-    q_, k_, v_, o_, do_ = _sources(inputs, (c.block_m, c.block_n, c.block_n, c.block_m,
-                                            c.block_m), bd, tma)
+    sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
     _k._bwd_dkdv_kernel[(n_tiles * B * H,)](
-        q_, k_, v_, o_, do_, lse, delta, dq, dk, dv, *tables,
+        *sources, lse, delta, dq, dk, dv, *tables,
         values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
         *radii,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),

@@ -246,23 +246,10 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
 
 
 @triton.jit
-def _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile, slot,
-                 lo0, hi0, lo1, hi1, lo2, hi2,
-                 BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                 stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                 offs_n0, offs_d,
-                 MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
-                 BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-                 DOT_PREC: tl.constexpr, TMA: tl.constexpr):
-    """One step of the online softmax over key tile ``kv_tile`` (the plan's visit ``slot``)."""
-    k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
-                                     lo0, hi0, lo1, hi1, lo2, hi2,
-                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
-                                     D, qk_scale, offs_n0, offs_d,
-                                     MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                     BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+def _softmax_step(acc, l_i, m_i, v, s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
+    """One step of the online softmax over a key tile (``_tile_scores``' values, scores and
+    element mask)."""
     if MASKED or not EVEN_N:
         s = tl.where(ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -316,25 +303,25 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile,
-                                     q_tile * bias_slots + t,
-                                     lo0, hi0, lo1, hi1, lo2, hi2,
-                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                     N, D, qk_scale, offs_n0, offs_d,
-                                     False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                                     EVEN_N, EVEN_D, DOT_PREC, TMA)
+        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
+                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        acc, l_i, m_i = _attend_tile(acc, l_i, m_i, q, K, V, KC, b, h, kv_tile,
-                                     q_tile * bias_slots + n_full + t,
-                                     lo0, hi0, lo1, hi1, lo2, hi2,
-                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                     N, D, qk_scale, offs_n0, offs_d,
-                                     True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                                     EVEN_N, EVEN_D, DOT_PREC, TMA)
+        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
+                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -504,23 +491,10 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile, slot,
-             lo0, hi0, lo1, hi1, lo2, hi2,
-             BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-             stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-             offs_n0, offs_d,
-             MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
-             BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-             DOT_PREC: tl.constexpr, TMA: tl.constexpr):
-    """Add key tile ``kv_tile`` (the plan's visit ``slot``) to dQ of one query tile."""
-    k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
-                                     lo0, hi0, lo1, hi1, lo2, hi2,
-                                     BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                     stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N,
-                                     D, qk_scale, offs_n0, offs_d,
-                                     MASKED, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                     BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+def _dq_step(dq, do, lse, delta, k, v, s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr,
+             DOT_PREC: tl.constexpr):
+    """Add a key tile (``_tile_scores``' keys, values, scores and element mask) to dQ of one
+    query tile."""
     p = tl.math.exp2(s - lse[:, None])
     if MASKED or not EVEN_N:
         p = tl.where(ok, p, 0.0)
@@ -580,19 +554,25 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     n_full = tl.load(FULL_CNT + q_tile)
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
-                      lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                      BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+        k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
+                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        dq = _dq_tile(dq, q, do, lse, delta, K, V, KC, b, h, kv_tile,
-                      q_tile * bias_slots + n_full + t, lo0, hi0, lo1, hi1, lo2, hi2, BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                      stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
-                      offs_n0, offs_d, True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                      BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+        k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
+                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, True, EVEN_N, DOT_PREC)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
