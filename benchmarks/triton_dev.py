@@ -393,6 +393,7 @@ def main():
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run, tiny sizes")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--check-only", action="store_true", help="stop after the correctness checks")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop sweeping after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     ap.add_argument("--descriptors", choices=["auto", "on", "off"], default="auto",
@@ -415,6 +416,9 @@ def main():
     if not args.skip_check:
         RESULTS["check"] = check_small()
         save(args.out)
+    if args.check_only:
+        log("done")
+        return
     RESULTS["grid256"] = grid_cases(not args.no_sweep, args.budget_s)
     save(args.out)
     RESULTS["flux4k"] = flux(not args.no_sweep, args.budget_s + 60)

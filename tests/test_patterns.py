@@ -19,6 +19,9 @@ def _mask(pattern, n):
 
 def _codes_mask(pattern, n):
     qlo, qhi, kc = pattern.codes(n)
+    # The kernels test ``qlo <= c <= qhi`` as ``c - qlo <= qhi - qlo`` unsigned, which needs every
+    # interval non-empty: each holds the query's own code.
+    assert ((qlo <= kc) & (kc <= qhi)).all()
     return ((qlo[:, :, None] <= kc[:, None, :]) & (kc[:, None, :] <= qhi[:, :, None])).all(0)
 
 

@@ -27,7 +27,8 @@ __all__ = ["MaskCodes", "Pattern", "SequencePattern", "GridPattern", "Window", "
 
 class MaskCodes(NamedTuple):
     """``qlo, qhi, kcode``: int32 ``[A, N]``; ``i`` attends ``j`` iff, on every row ``a``,
-    ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``."""
+    ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. Every query attends itself, so each interval
+    holds the query's own code (the kernels rely on ``qlo <= qhi``)."""
 
     qlo: Tensor
     qhi: Tensor

@@ -109,20 +109,25 @@ def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.co
 
 @triton.jit
 def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr):
-    """Per-axis query intervals [lo, hi] of the tokens ``offs``; out of range: the empty [1, 0]."""
-    lo0 = tl.load(QLO + offs, mask=ok, other=1)
-    hi0 = tl.load(QHI + offs, mask=ok, other=0)
+    """Per-axis query intervals of the tokens ``offs`` as (``lo``, unsigned ``span = hi - lo``);
+    out of range: span 0 at ``lo = -2**31``, which no code equals (the interval is empty)."""
+    lo0, span0 = _interval(QLO, QHI, offs, ok)
     lo1 = lo0
-    hi1 = hi0
+    span1 = span0
     lo2 = lo0
-    hi2 = hi0
+    span2 = span0
     if A > 1:
-        lo1 = tl.load(QLO + stride_c + offs, mask=ok, other=1)
-        hi1 = tl.load(QHI + stride_c + offs, mask=ok, other=0)
+        lo1, span1 = _interval(QLO + stride_c, QHI + stride_c, offs, ok)
     if A > 2:
-        lo2 = tl.load(QLO + 2 * stride_c + offs, mask=ok, other=1)
-        hi2 = tl.load(QHI + 2 * stride_c + offs, mask=ok, other=0)
-    return lo0, hi0, lo1, hi1, lo2, hi2
+        lo2, span2 = _interval(QLO + 2 * stride_c, QHI + 2 * stride_c, offs, ok)
+    return lo0, span0, lo1, span1, lo2, span2
+
+
+@triton.jit
+def _interval(LO, HI, offs, ok):
+    lo = tl.load(LO + offs, mask=ok, other=-2147483648)
+    hi = tl.load(HI + offs, mask=ok, other=-2147483648)
+    return lo, (hi - lo).to(tl.uint32, bitcast=True)
 
 
 @triton.jit
@@ -142,27 +147,31 @@ def _load_rows(T, stride_c, offs, ok, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _in_interval(lo, hi, c, KEYS_ON_ROWS: tl.constexpr):
+def _in_interval(lo, span, c, KEYS_ON_ROWS: tl.constexpr):
+    """``lo <= c <= lo + span`` as one unsigned comparison: below ``lo``, ``c - lo`` wraps to a
+    huge value (half the integer work of two signed bounds)."""
     if KEYS_ON_ROWS:  # [keys, queries]
-        ok = (lo[None, :] <= c[:, None]) & (c[:, None] <= hi[None, :])
+        ok = (c[:, None] - lo[None, :]).to(tl.uint32, bitcast=True) <= span[None, :]
     else:  # [queries, keys]
-        ok = (lo[:, None] <= c[None, :]) & (c[None, :] <= hi[:, None])
+        ok = (c[None, :] - lo[:, None]).to(tl.uint32, bitcast=True) <= span[:, None]
     return ok
 
 
 @triton.jit
-def _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, key_ok, A: tl.constexpr,
-               KEYS_ON_ROWS: tl.constexpr):
-    """Element mask of a tile: the interval test on every axis, plus the key bounds."""
-    ok = _in_interval(lo0, hi0, c0, KEYS_ON_ROWS)
+def _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, key_ok, A: tl.constexpr,
+               KEYS_ON_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
+    """Element mask of a tile: the interval test on every axis, plus the key bounds where the
+    last key tile is short."""
+    ok = _in_interval(lo0, span0, c0, KEYS_ON_ROWS)
     if A > 1:
-        ok = ok & _in_interval(lo1, hi1, c1, KEYS_ON_ROWS)
+        ok = ok & _in_interval(lo1, span1, c1, KEYS_ON_ROWS)
     if A > 2:
-        ok = ok & _in_interval(lo2, hi2, c2, KEYS_ON_ROWS)
-    if KEYS_ON_ROWS:
-        ok = ok & key_ok[:, None]
-    else:
-        ok = ok & key_ok[None, :]
+        ok = ok & _in_interval(lo2, span2, c2, KEYS_ON_ROWS)
+    if not EVEN_N:
+        if KEYS_ON_ROWS:
+            ok = ok & key_ok[:, None]
+        else:
+            ok = ok & key_ok[None, :]
     return ok
 
 
@@ -213,7 +222,7 @@ def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.
 
 @triton.jit
 def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
-                 lo0, hi0, lo1, hi1, lo2, hi2,
+                 lo0, span0, lo1, span1, lo2, span2,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
@@ -235,7 +244,7 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
     ok = n_ok[None, :]
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
-        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, False)
+        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, False, EVEN_N)
     if BIAS_TILES:
         s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
     elif BIAS_AXES > 0:
@@ -293,7 +302,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     d_ok = offs_d < D
     q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
                    BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
-    lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -304,7 +313,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
         _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
-                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   lo0, span0, lo1, span1, lo2, span2,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
@@ -315,7 +324,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
         _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
-                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   lo0, span0, lo1, span1, lo2, span2,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
@@ -373,8 +382,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
     if MASKED:
-        lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
-        ok = _pair_mask(lo0, hi0, lo1, hi1, lo2, hi2, c0, c1, c2, n_ok, A, True)
+        lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, True, EVEN_N)
     else:
         ok = n_ok[:, None] & m_ok[None, :]
     if BIAS_TILES:
@@ -547,7 +556,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
-    lo0, hi0, lo1, hi1, lo2, hi2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
@@ -555,7 +564,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     for t in range(0, n_full):
         kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
         k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
-                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   lo0, span0, lo1, span1, lo2, span2,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
@@ -566,7 +575,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
         k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
-                                   lo0, hi0, lo1, hi1, lo2, hi2,
+                                   lo0, span0, lo1, span1, lo2, span2,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
