@@ -27,8 +27,10 @@ FORMS = ("unsigned", "two-sided", "none")
 def _two_sided(lo, span, c, KEYS_ON_ROWS: tl.constexpr):
     hi = lo + span.to(tl.int32, bitcast=True)
     if KEYS_ON_ROWS:
-        return (lo[None, :] <= c[:, None]) & (c[:, None] <= hi[None, :])
-    return (lo[:, None] <= c[None, :]) & (c[None, :] <= hi[:, None])
+        ok = (lo[None, :] <= c[:, None]) & (c[:, None] <= hi[None, :])
+    else:
+        ok = (lo[:, None] <= c[None, :]) & (c[None, :] <= hi[:, None])
+    return ok
 
 
 @triton.jit
