@@ -179,14 +179,22 @@ class _Tables(NamedTuple):
     visits: int  # tiles visited, summed over the rows
 
 
-@lru_cache(maxsize=256)
 def _tables(pattern, n: int, block_m: int, block_n: int, device: torch.device,
             transposed: bool = False) -> _Tables:
     """What a pass's kernel takes from the pattern: mask codes and plan lists, int32 and
     contiguous on ``device``, built once per (pattern, N, tiles, device) so that a call costs
     one lookup (this matters when the kernels themselves take ~0.1 ms)."""
+    return _tables_of_key(pattern.key, n, block_m, block_n, device, transposed)
+
+
+@lru_cache(maxsize=256)
+def _tables_of_key(key: int, n: int, block_m: int, block_n: int, device: torch.device,
+                   transposed: bool) -> _Tables:
+    # Cached by the pattern's key: hashing a pattern (its fields, a layout's included) costs
+    # more host time than the rest of the lookup.
     from ..plan import block_plan
 
+    pattern = pattern_of_key(key)
     plan = block_plan(pattern, n, q_tile=block_m, kv_tile=block_n, device=device)
     per_row = plan.full_counts + plan.partial_counts
     one_to_one = bool((per_row == 1).all())
@@ -372,15 +380,15 @@ class _BiasArgs(NamedTuple):
 
 
 def _block_d(d: int) -> int:
-    return max(16, triton.next_power_of_2(d))
+    return max(16, 1 << (d - 1).bit_length())  # the next power of two (plain ints: host cost)
 
 
 def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # the precision only affects fp32 inputs
 
 
-def _strides(x: Tensor):
-    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+def _strides(x: Tensor) -> tuple[int, ...]:
+    return x.stride()  # one call, not one per dim: launches are host-bound on small inputs
 
 
 # Whether the kernels read their inputs through tensor descriptors (the copy engine of Hopper
@@ -530,12 +538,19 @@ _TILE_CONFIGS: list[TileConfig] = []
 _TILE_INDEX: dict[TileConfig, int] = {}
 
 
+_DEFAULT_TILES: dict[tuple[int, int, torch.dtype], int] = {}  # (pattern key, D, dtype) -> index
+
+
 @torch.compiler.assume_constant_result
 def _tiles_handle(tiles, pattern: int, head_dim: int, dtype: torch.dtype) -> int:
+    if tiles is None and (pattern, head_dim, dtype) in _DEFAULT_TILES:
+        return _DEFAULT_TILES[pattern, head_dim, dtype]  # the common call, without hashing
     cfg = _as_tile_config(tiles, pattern_of_key(pattern), head_dim, dtype)
     if cfg not in _TILE_INDEX:
         _TILE_INDEX[cfg] = len(_TILE_CONFIGS)
         _TILE_CONFIGS.append(cfg)
+    if tiles is None:
+        _DEFAULT_TILES[pattern, head_dim, dtype] = _TILE_INDEX[cfg]
     return _TILE_INDEX[cfg]
 
 
