@@ -11,7 +11,8 @@ Conventions shared by every kernel:
 - A block plan lists, per row tile, the column tiles to visit: first the *full* ones (every pair
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
-  ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]``. No dense mask is ever materialized.
+  ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]`` (tested as ``kcode - qlo <= qhi - qlo``, unsigned).
+  No dense mask is ever materialized.
 - Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
   natural-log score, where ``idx`` combines per-axis offsets
   ``qcoord[a, i] - kcoord[a, j]`` clamped to ``[-r_a, r_a]`` (row-major over a table of
