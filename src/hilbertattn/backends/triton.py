@@ -387,10 +387,6 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # the precision only affects fp32 inputs
 
 
-def _strides(x: Tensor) -> tuple[int, ...]:
-    return x.stride()  # one call, not one per dim: launches are host-bound on small inputs
-
-
 # Whether the kernels read their inputs through tensor descriptors (the copy engine of Hopper
 # and newer GPUs) instead of per-thread pointer loads. None: on a device with the engine, for
 # passes of at least DESCRIPTOR_MIN_PRODUCTS, where the inputs' strides allow it; True / False:
@@ -455,7 +451,7 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
                             visits * B * H * cfg.block_m * cfg.block_n * bd)
     _k._fwd_kernel[(n_tiles * B * H,)](
         *sources, o, lse, *tables, *pass_bias.args(),
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E,
         A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, BLOCK_D=bd,
@@ -491,7 +487,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
         _k._bwd_dq_kernel[(n_tiles * B * H,)](
             *sources, lse, delta, dq, *tables, *pass_bias.args(),
-            *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
             A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
             BLOCK_N=c.block_n, BLOCK_D=bd,
@@ -515,8 +511,8 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         *sources, lse, delta, dq, dk, dv, *tables,
         values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
         *radii,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dq),
-        *_strides(dk), *_strides(dv),
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
+        *dk.stride(), *dv.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
         A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
         BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0,
