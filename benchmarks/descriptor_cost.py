@@ -33,12 +33,14 @@ CASES = {  # id: (grid, heads, head dim, dtype, pattern builder)
 
 
 def per_call_ms(fn, calls: int) -> float:
+    """Wall time per call of ``calls`` back-to-back calls (the GPU, if any, drained around)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) / calls * 1e3
 
 

@@ -17,7 +17,6 @@ import io
 import os
 import pstats
 import sys
-import time
 
 if "--smoke" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"
@@ -25,16 +24,7 @@ if "--smoke" in sys.argv:
 import torch  # noqa: E402
 
 import hilbertattn as ha  # noqa: E402
-
-
-def per_call_ms(fn, calls: int, sync) -> float:
-    fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / calls * 1e3
+from descriptor_cost import CASES, per_call_ms  # noqa: E402  (this script's folder)
 
 
 def main() -> None:
@@ -43,19 +33,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     device = "cpu" if args.smoke else "cuda"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    cases = {  # id: (grid, heads, head dim, pattern builder)
-        "window": ((256, 256), 8, 64, lambda L: ha.Window(64)),
-        "tiny-na": ((16, 16), 1, 64, lambda L: ha.Neighborhood(L, 5)),
-    }
+    cases = {name: CASES[name] for name in ("window", "tiny-na")}
     if args.smoke:
-        cases = {"tiny-na": ((8, 8), 1, 16, lambda L: ha.Neighborhood(L, 3))}
+        cases = {"tiny-na": ((8, 8), 1, 16, torch.float32, lambda L: ha.Neighborhood(L, 3))}
     calls = 3 if args.smoke else 300
     report = io.StringIO()
-    for name, (grid, heads, dim, build) in cases.items():
+    for name, (grid, heads, dim, dtype, build) in cases.items():
         layout = ha.Layout(grid, device=device)
         pattern = build(layout)
-        dtype = torch.float32 if args.smoke else torch.bfloat16
         q, k, v, g = (torch.randn(1, heads, layout.numel, dim, device=device, dtype=dtype)
                       for _ in range(4))
         for t in (q, k, v):
@@ -69,13 +54,14 @@ def main() -> None:
             ha.attention(q, k, v, pattern, backend="triton").backward(g)
             q.grad = k.grad = v.grad = None
 
-        print(f"{name}: forward {per_call_ms(forward, calls, sync):.3f} ms/call, forward+backward "
-              f"{per_call_ms(forward_backward, calls, sync):.3f} ms/call", file=report)
+        print(f"{name}: forward {per_call_ms(forward, calls):.3f} ms/call, forward+backward "
+              f"{per_call_ms(forward_backward, calls):.3f} ms/call", file=report)
         profile = cProfile.Profile()
         profile.enable()
         for _ in range(calls):
             forward_backward()
-        sync()
+        if device == "cuda":
+            torch.cuda.synchronize()
         profile.disable()
         pstats.Stats(profile, stream=report).sort_stats("tottime").print_stats(25)
     print(report.getvalue())
