@@ -47,6 +47,26 @@ def last_launch(kernel, call):
     return seen[-1]
 
 
+class _Copy(torch.autograd.Function):
+    """One small kernel each way: what autograd alone costs around a pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.clone()
+
+
+def autograd_floor_ms(device: str, calls: int) -> float:
+    """Wall ms per ``torch.autograd.grad`` through one tiny custom Function (forward and backward
+    one small copy each): the engine's own cost per backward call, on this host."""
+    x = torch.randn(64, device=device, requires_grad=True)
+    g = torch.randn(64, device=device)
+    return per_call_ms(lambda: torch.autograd.grad(_Copy.apply(x), (x,), g), calls)
+
+
 def launch_layers(q, k, v, pattern, calls: int) -> dict[str, float]:
     """Wall ms per forward call of each layer of the launch (see the module docstring)."""
     scale = q.shape[-1] ** -0.5
@@ -93,6 +113,8 @@ def main() -> None:
         cases = {"tiny-na": ((8, 8), 1, 16, torch.float32, lambda L: ha.Neighborhood(L, 3))}
     calls = 3 if args.smoke else 300
     report = io.StringIO()
+    print(f"autograd floor (one tiny Function, forward + autograd.grad): "
+          f"{autograd_floor_ms(device, 3 if args.smoke else 300) * 1e3:.1f} us/call", file=report)
     for name, (grid, heads, dim, dtype, build) in cases.items():
         layout = ha.Layout(grid, device=device)
         pattern = build(layout)
