@@ -5,7 +5,8 @@
 For each case: ``torch.profiler`` over back-to-back forward+backward calls with inputs rotated
 among sets larger than L2 (as ``hilbertattn bench`` times them), then the same calls on one
 set. Prints each kernel's GPU time per call next to the wall time per call, which tells a
-host-bound case (wall well above the kernels' sum) from a GPU-bound one.
+host-bound case (wall well above the kernels' sum) from a GPU-bound one, and the CUDA runtime
+calls made per call on the host (a synchronizing one would serialize host and GPU).
 """
 
 from __future__ import annotations
@@ -46,16 +47,21 @@ def main() -> None:
                                     do)
 
             wall = per_call_ms(step, calls)
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 for _ in range(calls):
                     step()
                 torch.cuda.synchronize()
             print(f"{name}, {label}: wall {wall:.3f} ms/call (fwd+bwd); GPU time per call:",
                   file=report)
             for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
-                if e.device_time_total > 0:
+                if e.device_time_total > 0 and e.device_type.name == "CUDA":
                     print(f"  {e.key[:60]:60s} {e.device_time_total / calls / 1e3:8.3f} ms"
                           f"  ({e.count / calls:.0f}/call)", file=report)
+            print("  host: CUDA runtime calls per call", file=report)
+            for e in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total):
+                if e.key.startswith("cuda"):
+                    print(f"  {e.key[:60]:60s} {e.self_cpu_time_total / calls / 1e3:8.3f} ms"
+                          f"  ({e.count / calls:.1f}/call)", file=report)
     print(report.getvalue())
     with open(args.out, "w") as f:
         f.write(report.getvalue())

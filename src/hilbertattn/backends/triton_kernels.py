@@ -187,14 +187,14 @@ def _axis_offset(qc, kc, r, KEYS_ON_ROWS: tl.constexpr):
 
 
 @triton.jit
-def _add_bias(s, BIAS, idx, ok, unit, MASKED: tl.constexpr):
-    """``s + table[idx] * unit``; on masked tiles only the attended pairs read the table
+def _add_bias(s, BIAS, idx, ok, MASKED: tl.constexpr):
+    """``s + table[idx] * log2(e)``; on masked tiles only the attended pairs read the table
     (fewer cache lines: masked pairs' indices scatter over the whole table)."""
     if MASKED:
         b = tl.load(BIAS + idx, mask=ok, other=0.0)
     else:
         b = tl.load(BIAS + idx)
-    return s + b * unit
+    return s + b * LOG2E
 
 
 @triton.jit
@@ -232,9 +232,8 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                  BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
                  DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """Key tile ``kv_tile`` (the plan's visit ``slot``) of a query tile ``q``: its keys and
-    values, the scores ``[queries, keys]`` with the bias added, and the element mask ``ok``
-    (the key bounds on full tiles). The scores are in units of ``1 / qk_scale`` (q.k plus the
-    bias over the softmax scale): the caller's ``s * qk_scale - m`` is then one FMA."""
+    values, the scores ``[queries, keys]`` in log2 units with the bias added, and the element
+    mask ``ok`` (the key bounds on full tiles)."""
     offs_n = kv_tile * BLOCK_N + offs_n0
     n_ok = offs_n < N
     d_ok = offs_d < D
@@ -242,35 +241,35 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                    BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
     v = _load_tile(V, b, h, kv_tile * BLOCK_N, offs_n, stride_vn, stride_vd, n_ok, d_ok,
                    BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
     ok = n_ok[None, :]
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
         ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, False, EVEN_N)
     if BIAS_TILES:
-        s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * (LOG2E / qk_scale)
+        s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
     elif BIAS_AXES > 0:
         kb0, kb1, kb2 = _load_rows(BC + BIAS_AXES * stride_c, stride_c, offs_n, n_ok, BIAS_AXES)
         idx = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, False)
-        s = _add_bias(s, BIAS, idx, ok, LOG2E / qk_scale, MASKED)
+        s = _add_bias(s, BIAS, idx, ok, MASKED)
     return k, v, s, ok
 
 
 @triton.jit
-def _softmax_step(acc, l_i, m_i, v, s, ok, qk_scale, MASKED: tl.constexpr,
-                  EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr):
+def _softmax_step(acc, l_i, m_i, v, s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
     """One step of the online softmax over a key tile (``_tile_scores``' values, scores and
-    element mask); ``m_i`` in log2 units."""
+    element mask)."""
     if MASKED or not EVEN_N:
         s = tl.where(ok, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASKED:
         # A row with nothing attended so far keeps m = -inf: shift by 0 instead (no inf - inf).
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new  # full tiles come first and attend every in-range key: m_new is finite
     alpha = tl.math.exp2(m_i - m_use)
-    p = tl.math.exp2(s * qk_scale - m_use[:, None])
+    p = tl.math.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -321,8 +320,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
-        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, qk_scale, False, EVEN_N,
-                                      DOT_PREC)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
@@ -333,8 +331,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
-        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, qk_scale, True, EVEN_N,
-                                      DOT_PREC)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -384,20 +381,19 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     else:
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
-    # [BLOCK_N, BLOCK_M], in units of 1 / qk_scale as in _tile_scores
-    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
     if MASKED:
         lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
         ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, True, EVEN_N)
     else:
         ok = n_ok[:, None] & m_ok[None, :]
     if BIAS_TILES:
-        s_t += _bias_block(BIAS, slot, BLOCK_N, BLOCK_M) * (LOG2E / qk_scale)
+        s_t += _bias_block(BIAS, slot, BLOCK_N, BLOCK_M) * LOG2E
     elif BIAS_AXES > 0:
         qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
         idx_t = _bias_index(qb0, qb1, qb2, kb0, kb1, kb2, r0, r1, r2, w1, w2, BIAS_AXES, True)
-        s_t = _add_bias(s_t, BIAS, idx_t, ok, LOG2E / qk_scale, MASKED)
-    p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+        s_t = _add_bias(s_t, BIAS, idx_t, ok, MASKED)
+    p_t = tl.math.exp2(s_t - lse[None, :])
     # Padded key rows (k = 0) must get p = 0, not exp2(bias - lse): that is infinite when every
     # score of a row is far below zero, and inf * 0 in dQ = dS^T K is NaN.
     if MASKED or not EVEN_N:
@@ -505,11 +501,11 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
 
 
 @triton.jit
-def _dq_step(dq, do, lse, delta, k, v, s, ok, qk_scale, MASKED: tl.constexpr,
-             EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr):
+def _dq_step(dq, do, lse, delta, k, v, s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr,
+             DOT_PREC: tl.constexpr):
     """Add a key tile (``_tile_scores``' keys, values, scores and element mask) to dQ of one
-    query tile (``lse`` in log2 units)."""
-    p = tl.math.exp2(s * qk_scale - lse[:, None])
+    query tile."""
+    p = tl.math.exp2(s - lse[:, None])
     if MASKED or not EVEN_N:
         p = tl.where(ok, p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
@@ -575,7 +571,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
-        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, qk_scale, False, EVEN_N, DOT_PREC)
+        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
         kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
@@ -586,7 +582,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
-        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, qk_scale, True, EVEN_N, DOT_PREC)
+        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, True, EVEN_N, DOT_PREC)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
