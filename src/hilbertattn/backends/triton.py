@@ -404,7 +404,8 @@ class _Launcher:
 
     def __call__(self, grid: int, *args, **constexprs) -> None:
         fn = getattr(_k, self.name)
-        key = _launch_key(args, constexprs) if isinstance(fn, triton.JITFunction) else None
+        device = torch.cuda.current_device() if isinstance(fn, triton.JITFunction) else None
+        key = None if device is None else _launch_key(device, args, constexprs)
         kernel = None if key is None else self.compiled.get(key)
         if kernel is None or _hooked():
             kernel = fn[(grid,)](*args, **constexprs)
@@ -414,7 +415,7 @@ class _Launcher:
                 self.compiled[key] = kernel
             return
         constants = [constexprs[name] for name in fn.arg_names[len(args):]]
-        kernel.run(grid, 1, 1, _current_stream(key[0]), kernel.function, kernel.packed_metadata,
+        kernel.run(grid, 1, 1, _current_stream(device), kernel.function, kernel.packed_metadata,
                    None, None, None, *args, *constants)
 
 
@@ -428,17 +429,18 @@ def _hooked() -> bool:
     return any(h is not None and getattr(h, "calls", True) for h in hooks)
 
 
-def _launch_key(args: tuple, constexprs: dict) -> Optional[tuple]:
-    """What decides the compiled kernel of a launch (see ``_Launcher``); None: not keyed.
-    The arguments are numbers and tensors, or tensor descriptors when ``TMA`` is set."""
+_NUMBERS = (int, bool, float)  # taken by value (finer than Triton's specialization, and cheap)
+
+
+def _launch_key(device: int, args: tuple, constexprs: dict) -> Optional[tuple]:
+    """What decides the compiled kernel of a launch on ``device`` (see ``_Launcher``); None:
+    not keyed. The arguments are numbers and tensors, or tensor descriptors when ``TMA`` is
+    set."""
     if constexprs.get("TMA"):
         return None  # descriptors are specialized on more than their type
     # Numbers first: isinstance(a, Tensor) costs more than the rest of an argument's key.
-    return (torch.cuda.current_device(), *constexprs.values(),
+    return (device, *constexprs.values(),
             *[a if type(a) in _NUMBERS else (a.dtype, a.data_ptr() % 16 == 0) for a in args])
-
-
-_NUMBERS = (int, bool, float)  # taken by value (finer than Triton's specialization, and cheap)
 
 
 _fwd_kernel = _Launcher("_fwd_kernel")
