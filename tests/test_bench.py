@@ -184,17 +184,24 @@ def test_models_throughput(tmp_path):
 def test_models_throughput_compiled(tmp_path, monkeypatch):
     # Inductor takes minutes on a small CPU: the option's wiring is checked with the eager
     # compiler backend (Dynamo still traces every step, fullgraph or not).
-    compiled = []
+    calls = []
 
     def compile_eagerly(model, **kwargs):
-        compiled.append(model)
+        calls.append(("compile", kwargs))
         return torch_compile(model, backend="eager", **kwargs)
 
-    torch_compile = torch.compile
+    def reset():
+        calls.append(("reset", {}))
+        torch_reset()
+
+    torch_compile, torch_reset = torch.compile, torch.compiler.reset
     monkeypatch.setattr(torch, "compile", compile_eagerly)
+    monkeypatch.setattr(torch.compiler, "reset", reset)
     data = _run(tmp_path, "--models", "hwt_tiny", "--img-sizes", "64", "--model-batch", "2",
                 "--reps", "2", "--warmup", "0", "--compile")
-    assert len(compiled) == 2  # inference and training
+    # Inference and training, each compiled afresh for its one shape: models of one class share
+    # Dynamo's caches, so without the reset later models would recompile with dynamic shapes.
+    assert calls == [("reset", {}), ("compile", {"dynamic": False})] * 2
     for r in data["models"]:
         assert r["status"] == "ok" and r["compiled"] is True and r["images_per_s"] > 0
 

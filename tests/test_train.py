@@ -269,6 +269,29 @@ def test_train_smoke_and_exact_resume(synthetic_npz, tmp_path, monkeypatch):
                          str(straight / "checkpoint.pt")))
 
 
+def test_train_compiled_matches_eager(synthetic_npz, tmp_path, monkeypatch):
+    # Dynamo's eager backend (inductor takes minutes here): the traced graphs run the same ops,
+    # so the metrics match the plain run; checkpoints keep the plain model's parameter names.
+    compiled = []
+
+    def compile_eagerly(model, **kwargs):
+        compiled.append(model)
+        return torch_compile(model, backend="eager", **kwargs)
+
+    torch_compile = torch.compile
+    cache = tmp_path / "cache"
+    main(_train_args(synthetic_npz, cache, tmp_path / "eager"))
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    main(_train_args(synthetic_npz, cache, tmp_path / "compiled", "--compile"))
+    assert len(compiled) == 2  # the training and the evaluation model
+    for a, b in zip(_metrics(tmp_path / "eager"), _metrics(tmp_path / "compiled"), strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["epoch"], key)
+    plain = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)["model"]
+    state = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)["model"]
+    assert state.keys() == plain.keys()
+
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 

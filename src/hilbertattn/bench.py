@@ -672,7 +672,14 @@ def _model_step(model: torch.nn.Module, mode: str, batch: int, img_size: int,
     images = [torch.randn(batch, 3, img_size, img_size, device=device) for _ in range(2)]
     labels = [torch.randint(0, model.num_classes, (batch,), device=device) for _ in range(2)]
     static_x, static_y = images[0].clone(), labels[0].clone()
-    forward = torch.compile(model) if compiled else model
+    if compiled:
+        # Each measurement compiles afresh for its one shape: Dynamo's caches are shared by every
+        # model of a class, so the later models would otherwise recompile with dynamic shapes
+        # and, past the recompile limit, silently run eagerly.
+        torch.compiler.reset()
+        forward = torch.compile(model, dynamic=False)
+    else:
+        forward = model
 
     def autocast():
         # The autocast weight cache must stay off under graph capture.

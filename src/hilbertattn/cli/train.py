@@ -84,6 +84,9 @@ def add_parser(sub) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="autocast dtype; auto: bf16 on CUDA, none on the CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--compile", action="store_true",
+                   help="run training and evaluation through torch.compile (the first steps "
+                        "compile; checkpoints hold the plain model's weights)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: runs/MODEL-seedSEED)")
     p.add_argument("--resume", type=Path, default=None,
@@ -452,6 +455,9 @@ def _run(args: argparse.Namespace, model_args: dict, process: Process) -> int:
     train_model = (nn.parallel.DistributedDataParallel(
         model, device_ids=[process.device.index] if process.device.type == "cuda" else None)
         if process.world_size > 1 else model)
+    eval_model = model
+    if args.compile:
+        train_model, eval_model = torch.compile(train_model), torch.compile(model)
 
     metrics_file = out / "metrics.jsonl"
     first_epoch, best = 1, {"test_acc": -1.0, "epoch": 0}
@@ -479,7 +485,7 @@ def _run(args: argparse.Namespace, model_args: dict, process: Process) -> int:
         if not math.isfinite(row["train_loss"]):
             raise FloatingPointError(f"training loss is {row['train_loss']} in epoch {epoch}")
         with _progress(len(test_loader), "eval", verbose) as bar:
-            row.update(evaluate(model, test_loader, amp, process, bar))
+            row.update(evaluate(eval_model, test_loader, amp, process, bar))
         row["epoch_time_s"] = row["train_time_s"] + row["eval_time_s"]
         if row["test_acc"] > best["test_acc"]:
             best = {"test_acc": row["test_acc"], "epoch": epoch}
