@@ -221,13 +221,18 @@ def test_bias_module_matches_the_reference_module():
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_operators_pass_the_torch_library_checks(with_bias):
-    # Schema, fake-tensor shapes, autograd registration and tracing of the two operators that
-    # torch.compile sees.
+@pytest.mark.parametrize("with_bias, packed", [(True, False), (False, False), (True, True)])
+def test_operators_pass_the_torch_library_checks(with_bias, packed):
+    # Schema, fake-tensor shapes and strides, autograd registration and tracing of the two
+    # operators that torch.compile sees; ``packed``: q, k, v are views of one [B, N, 3, H, D]
+    # projection, so the output is token-major.
     tb = _backend()
     layout, pattern = Layout((8, 8)), Slide(9, clamped=True)
-    q, k, v = (torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3))
+    if packed:
+        qkv = torch.randn(1, 64, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        q, k, v = (x.requires_grad_() for x in qkv.clone(memory_format=torch.preserve_format))
+    else:
+        q, k, v = (torch.randn(1, 2, 64, 16, requires_grad=True) for _ in range(3))
     table = torch.randn(2, 7, 7, requires_grad=True) if with_bias else None
     coords = layout.coords if with_bias else None
     handles = (pattern.key, 0.25, tb._tiles_handle(None, pattern.key, 16, q.dtype))
@@ -352,6 +357,20 @@ def test_strided_inputs_and_grad():
 
     check(Neighborhood(Layout((7, 9)), 5), n, d, torch.float32, b=b, h=h, make=make,
           grad_out=grad_out)
+
+
+def test_output_takes_the_token_major_layout_of_packed_projections():
+    # q, k, v as a module makes them (views of one [B, N, 3, H, D] projection): the output is
+    # [B, N, H, D] in memory, so merging the heads back into the tokens is a view.
+    tb = _backend()
+    b, h, n, d = 2, 3, 40, 16
+    q, k, v = torch.randn(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+    out = tb.triton_attention(q, k, v, Window(8, 3), 0.25, tiles=(16, 16))
+    assert out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out.double(), reference(q, k, v, Window(8, 3), 0.25),
+                               atol=1e-5, rtol=1e-5)
+    out = tb.triton_attention(q.contiguous(), k, v, Window(8, 3), 0.25, tiles=(16, 16))
+    assert out.is_contiguous()
 
 
 def test_expanded_grad():

@@ -512,11 +512,22 @@ def _backward_sources(q, k, v, o, do, cfg: PassConfig, block_d: int,
     return _sources((q, k, v, o, do), (m, n, n, m, m), block_d, tile_visits * m * n * block_d)
 
 
+def _output_like(q: Tensor) -> Tensor:
+    """An empty ``[B, H, N, D]`` output laid out as ``q`` orders heads and tokens: token-major
+    (``[B, N, H, D]`` in memory) when ``q``'s heads sit inside its tokens, as in the views of a
+    ``[B, N, 3, H, D]`` projection; then the caller's ``o.transpose(1, 2).reshape(B, N, H * D)``
+    is a view, not a copy. Contiguous otherwise."""
+    B, H, N, D = q.shape
+    if q.stride(1) < q.stride(2):
+        return q.new_empty((B, N, H, D)).transpose(1, 2)
+    return q.new_empty((B, H, N, D))
+
+
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
     B, H, N, D = q.shape
     tables, A, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
-    o = torch.empty((B, H, N, D), dtype=q.dtype, device=q.device)
+    o = _output_like(q)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = _cdiv(N, cfg.block_m)
     bd = _block_d(D)
@@ -633,7 +644,8 @@ def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern) -> _B
 def _forward_impl(q: Tensor, k: Tensor, v: Tensor, table: Optional[Tensor],
                   coords: Optional[Tensor], pattern: int, scale: float,
                   tiles: int) -> tuple[Tensor, Tensor]:
-    """Output ``[B, H, N, D]`` (contiguous) and log-sum-exp (fp32 ``[B, H, N]``)."""
+    """Output ``[B, H, N, D]`` (laid out by ``_output_like``) and log-sum-exp (fp32
+    ``[B, H, N]``)."""
     pat = pattern_of_key(pattern)
     return _forward(q, k, v, _bias_args(table, coords, pat), pat, scale, _TILE_CONFIGS[tiles].fwd)
 
@@ -671,7 +683,7 @@ _backward_op = torch.library.custom_op("hilbertattn::triton_backward", _backward
 
 @_forward_op.register_fake
 def _(q, k, v, table, coords, pattern, scale, tiles):
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return _output_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @_backward_op.register_fake
@@ -747,7 +759,10 @@ def triton_attention(
             or a ``TileConfig`` (per pass). Powers of two >= 16.
 
     Returns:
-        ``[B, heads, N, D]`` contiguous, dtype of ``q``; differentiable w.r.t. ``q, k, v``.
+        ``[B, heads, N, D]``, dtype of ``q``, differentiable w.r.t. ``q, k, v``; contiguous, or
+        ``[B, N, heads, D]`` in memory when ``q`` is (heads inside tokens, as the views of a
+        packed ``[B, N, 3, heads, D]`` projection are), so that merging the heads back into the
+        tokens is free.
     """
     if _TRITON_ERROR is not None:
         raise NotImplementedError(f"the triton backend needs triton: {_TRITON_ERROR}")
