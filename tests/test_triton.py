@@ -236,9 +236,10 @@ def test_operators_pass_the_torch_library_checks(with_bias, packed):
     table = torch.randn(2, 7, 7, requires_grad=True) if with_bias else None
     coords = layout.coords if with_bias else None
     handles = (pattern.key, 0.25, tb._tiles_handle(None, pattern.key, 16, q.dtype))
-    torch.library.opcheck(tb._forward_op, (q, k, v, table, coords, *handles))
+    torch.library.opcheck(tb._forward_op, (q, k, v, table, coords, *handles, packed))
     detached = [None if x is None else x.detach() for x in (q, k, v, table)]
-    o, lse = tb._forward_op(*detached[:3], detached[3], coords, *handles)
+    o, lse = tb._forward_op(*detached[:3], detached[3], coords, *handles, packed)
+    assert o.transpose(1, 2).is_contiguous() == packed
     torch.library.opcheck(tb._backward_op, (torch.randn_like(o), *detached[:3], o, lse,
                                             detached[3], coords, *handles))
 

@@ -512,22 +512,29 @@ def _backward_sources(q, k, v, o, do, cfg: PassConfig, block_d: int,
     return _sources((q, k, v, o, do), (m, n, n, m, m), block_d, tile_visits * m * n * block_d)
 
 
-def _output_like(q: Tensor) -> Tensor:
-    """An empty ``[B, H, N, D]`` output laid out as ``q`` orders heads and tokens: token-major
-    (``[B, N, H, D]`` in memory) when ``q``'s heads sit inside its tokens, as in the views of a
-    ``[B, N, 3, H, D]`` projection; then the caller's ``o.transpose(1, 2).reshape(B, N, H * D)``
-    is a view, not a copy. Contiguous otherwise."""
+def _token_major(q: Tensor) -> bool:
+    """Whether ``q``'s heads sit inside its tokens (``[B, N, H, D]`` in memory), as in the views
+    of a ``[B, N, 3, H, D]`` projection."""
+    return q.stride(1) < q.stride(2)
+
+
+def _empty_output(q: Tensor, token_major: bool) -> Tensor:
+    """An empty ``[B, H, N, D]`` output, ``[B, N, H, D]`` in memory if ``token_major``: then the
+    caller's ``o.transpose(1, 2).reshape(B, N, H * D)`` is a view, not a copy. (A flag fixed
+    when the call is made or traced, not read from ``q`` here: a compiler may hand the operator
+    inputs strided otherwise than those it traced.)"""
     B, H, N, D = q.shape
-    if q.stride(1) < q.stride(2):
+    if token_major:
         return q.new_empty((B, N, H, D)).transpose(1, 2)
     return q.new_empty((B, H, N, D))
 
 
-def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig):
+def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
+             token_major: bool):
     B, H, N, D = q.shape
     tables, A, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
-    o = _output_like(q)
+    o = _empty_output(q, token_major)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = _cdiv(N, cfg.block_m)
     bd = _block_d(D)
@@ -643,11 +650,11 @@ def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern) -> _B
 
 def _forward_impl(q: Tensor, k: Tensor, v: Tensor, table: Optional[Tensor],
                   coords: Optional[Tensor], pattern: int, scale: float,
-                  tiles: int) -> tuple[Tensor, Tensor]:
-    """Output ``[B, H, N, D]`` (laid out by ``_output_like``) and log-sum-exp (fp32
-    ``[B, H, N]``)."""
+                  tiles: int, token_major: bool) -> tuple[Tensor, Tensor]:
+    """Output ``[B, H, N, D]`` (see ``_empty_output``) and log-sum-exp (fp32 ``[B, H, N]``)."""
     pat = pattern_of_key(pattern)
-    return _forward(q, k, v, _bias_args(table, coords, pat), pat, scale, _TILE_CONFIGS[tiles].fwd)
+    return _forward(q, k, v, _bias_args(table, coords, pat), pat, scale, _TILE_CONFIGS[tiles].fwd,
+                    token_major)
 
 
 def _backward_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
@@ -662,7 +669,7 @@ def _backward_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
 
 
 def _save_for_backward(ctx, inputs, output) -> None:
-    q, k, v, table, coords, pattern, scale, tiles = inputs
+    q, k, v, table, coords, pattern, scale, tiles, _ = inputs
     ctx.save_for_backward(q, k, v, *output, table, coords)
     ctx.constants = pattern, scale, tiles
 
@@ -670,7 +677,7 @@ def _save_for_backward(ctx, inputs, output) -> None:
 def _gradients(ctx, do, backward) -> tuple:
     q, k, v, o, lse, table, coords = ctx.saved_tensors
     dq, dk, dv, dtable = backward(do, q, k, v, o, lse, table, coords, *ctx.constants)
-    return dq, dk, dv, dtable if table is not None else None, None, None, None, None
+    return dq, dk, dv, dtable if table is not None else None, None, None, None, None, None
 
 
 # What torch.compile traces: the passes as two operators (opaque to the compiler, with their
@@ -682,8 +689,8 @@ _backward_op = torch.library.custom_op("hilbertattn::triton_backward", _backward
 
 
 @_forward_op.register_fake
-def _(q, k, v, table, coords, pattern, scale, tiles):
-    return _output_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+def _(q, k, v, table, coords, pattern, scale, tiles, token_major):
+    return _empty_output(q, token_major), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @_backward_op.register_fake
@@ -778,7 +785,7 @@ def triton_attention(
             f"backend='flex' or 'reference', or set TRITON_INTERPRET=1 for the slow interpreter")
     table, coords = (None, None) if bias is None else bias
     inputs = (q, k, v, table, coords, pattern.key, float(scale),
-              _tiles_handle(tiles, pattern.key, q.shape[-1], q.dtype))
+              _tiles_handle(tiles, pattern.key, q.shape[-1], q.dtype), _token_major(q))
     if torch.compiler.is_compiling():
         return _forward_op(*inputs)[0]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, table)):
