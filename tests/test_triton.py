@@ -436,6 +436,50 @@ def test_tile_table():
         assert rule.why
 
 
+def test_packed_codes_test_both_intervals_as_the_unpacked_ones():
+    # The two-axis codes packed into one int32 per token, with the kernels' test written out
+    # in torch: guard bits of (k | G) - lo and (hi | G) - k, against lo <= k <= hi per axis.
+    tb = _backend()
+    g = torch.Generator().manual_seed(0)
+    qlo = torch.randint(0, tb._FIELD_MAX + 1, (2, 300), generator=g, dtype=torch.int32)
+    qhi = (qlo + torch.randint(-2, 40, (2, 300), generator=g, dtype=torch.int32)).clamp(
+        max=tb._FIELD_MAX)
+    kcode = (qlo + torch.randint(-50, 50, (2, 300), generator=g, dtype=torch.int32)).clamp(
+        0, tb._FIELD_MAX)
+    kcode[:, :4] = torch.tensor([[0, 0, tb._FIELD_MAX, tb._FIELD_MAX], [0, tb._FIELD_MAX, 0, 5]])
+    codes, packed = tb._packed_codes(qlo, qhi, kcode)
+    (lo,), (hi,), (kg, k) = codes
+    assert packed
+    t = (kg[None, :] - lo[:, None]) & (hi[:, None] - k[None, :])
+    got = (t & tb._GUARDS) == tb._GUARDS
+    want = ((qlo[:, :, None] <= kcode[:, None, :]) & (kcode[:, None, :] <= qhi[:, :, None])).all(0)
+    assert torch.equal(got, want) and want.any() and not want.all()
+    # No query (rows past N read the kernels' PACKED_EMPTY as lo) attends any key.
+    empty = torch.tensor(0x7FFF7FFF, dtype=torch.int32)
+    assert not (((kg - empty) & (hi.max() - k) & tb._GUARDS) == tb._GUARDS).any()
+    # Codes past 15 bits, and one or three axes, stay unpacked.
+    assert not tb._packed_codes(qlo, qhi + tb._FIELD_MAX, kcode)[1]
+    assert not tb._packed_codes(qlo[:1], qhi[:1], kcode[:1])[1]
+    three = torch.zeros(3, 8, dtype=torch.int32)
+    assert not tb._packed_codes(three, three, three)[1]
+
+
+def test_unpacked_two_axis_codes(monkeypatch):
+    # Two-axis patterns pack their codes on grids below 32767 per axis; the unpacked two-axis
+    # path (longer axes) runs when packing is refused.
+    tb = _backend()
+    layout = Layout((10, 13))
+    assert tb._tables(Neighborhood(layout, 5), 130, 16, 32, torch.device("cpu")).packed
+    monkeypatch.setattr(tb, "_FIELD_MAX", -1)
+    tb._tables_of_key.cache_clear()
+    try:
+        assert not tb._tables(Neighborhood(layout, 5), 130, 16, 32, torch.device("cpu")).packed
+        check(Neighborhood(layout, (5, 3)), 130, 32, torch.float32, b=1)
+        check(Window2D(layout, 4, shift=2), 130, 16, torch.float16, b=1, bias_layout=layout)
+    finally:
+        tb._tables_of_key.cache_clear()
+
+
 @pytest.mark.parametrize("n, dtype", [(96, torch.float32), (90, torch.float16)])
 def test_one_to_one_plan_fuses_dq_into_the_dkdv_pass(n, dtype):
     # Windows of 32 on 32-token tiles: every query tile attends one key tile, so the backward

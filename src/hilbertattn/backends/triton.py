@@ -180,6 +180,7 @@ def _as_tile_config(tiles, pattern, head_dim: int, dtype: torch.dtype) -> TileCo
 class _Tables(NamedTuple):
     args: tuple  # qlo, qhi, kcode, full counts/indices, partial counts/indices, plan row stride
     axes: int  # A, the number of interval axes of the mask codes
+    packed: bool  # two axes packed into one code per token (see _packed_codes)
     one_to_one: bool  # every query tile attends exactly one key tile
     visits: int  # tiles visited, summed over the rows
 
@@ -214,7 +215,26 @@ def _tables_of_key(key: int, n: int, block_m: int, block_n: int, device: torch.d
     if not (1 <= a <= 3) or any(c.shape != (a, n) for c in codes):
         raise ValueError(f"pattern codes must be int32 [A, {n}] with A in 1..3, got "
                          f"{[tuple(c.shape) for c in codes]}")
-    return _Tables((*codes, *lists, lists[1].stride(0)), a, one_to_one, int(per_row.sum()))
+    codes, packed = _packed_codes(*codes)
+    return _Tables((*codes, *lists, lists[1].stride(0)), a, packed, one_to_one,
+                   int(per_row.sum()))
+
+
+_FIELD_MAX = (1 << 15) - 2  # largest code a packed field holds (2**15 - 1 marks no query)
+_GUARDS = -2147450880  # 0x80008000 as int32: the bit above each 15-bit field
+
+
+def _packed_codes(qlo: Tensor, qhi: Tensor, kcode: Tensor) -> tuple[tuple[Tensor, ...], bool]:
+    """Two-axis codes as one code per token, when every code fits a 15-bit field (grid axes
+    shorter than 32767): ``lo`` and ``hi | GUARDS`` per query, ``k | GUARDS`` and ``k`` per key,
+    each axis-0 code in bits 16..30 and axis-1 code in bits 0..14. The kernels then test both
+    intervals with one AND and one compare per pair (``_in_box`` in the kernels), where the
+    mask arithmetic bounds the 2-D neighbourhood passes."""
+    codes = (qlo, qhi, kcode)
+    if qlo.shape[0] != 2 or any(int(c.min()) < 0 or int(c.max()) > _FIELD_MAX for c in codes):
+        return codes, False
+    lo, hi, k = ((c[0] << 16) | c[1] for c in codes)
+    return (lo[None], (hi | _GUARDS)[None], torch.stack([k | _GUARDS, k])), True
 
 
 # Bias gradient buffers of the gather form: one copy of the tables per slot (key tile % slots)
@@ -532,7 +552,7 @@ def _empty_output(q: Tensor, token_major: bool) -> Tensor:
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
              token_major: bool):
     B, H, N, D = q.shape
-    tables, A, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
+    tables, A, packed, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
     o = _empty_output(q, token_major)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
@@ -545,7 +565,8 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
         *sources, o, lse, *tables, *pass_bias.args(),
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E,
-        A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=cfg.block_m,
+        A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
+        BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=_dot_prec(q.dtype), TMA=tma, num_warps=cfg.num_warps,
@@ -573,7 +594,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     else:
         delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
         c = cfg.dq
-        tables, A, _, visits = _tables(pattern, N, c.block_m, c.block_n, dev)
+        tables, A, packed, _, visits = _tables(pattern, N, c.block_m, c.block_n, dev)
         pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = _cdiv(N, c.block_m)
         sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
@@ -582,13 +603,13 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
             *sources, lse, delta, dq, *tables, *pass_bias.args(),
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
-            A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
-            BLOCK_N=c.block_n, BLOCK_D=bd,
-            EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
+            A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
+            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0,
+            EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
             DOT_PREC=prec, TMA=tma, num_warps=c.num_warps, num_stages=c.num_stages)
 
     c = cfg.dkdv
-    tables, A, _, visits = dkdv_tables
+    tables, A, packed, _, visits = dkdv_tables
     n_tiles = _cdiv(N, c.block_n)
     pass_bias = bias.for_pass(q, c.block_m, c.block_n, transposed=True)
     values, coords, stride_bias, bias_slots, *radii = pass_bias.args()
@@ -608,7 +629,8 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
         *dk.stride(), *dv.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
-        A=A, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m,
+        A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
+        BLOCK_M=c.block_m,
         BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0,
         EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
         FUSED_DQ=fused, TMA=tma)
@@ -788,6 +810,7 @@ def triton_attention(
               _tiles_handle(tiles, pattern.key, q.shape[-1], q.dtype), _token_major(q))
     if torch.compiler.is_compiling():
         return _forward_op(*inputs)[0]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, table)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v,
+    table)):
         return _EagerAttention.apply(*inputs)
     return _forward_impl(*inputs)[0]  # nothing to differentiate: autograd's cost skipped

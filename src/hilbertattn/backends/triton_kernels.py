@@ -12,7 +12,9 @@ Conventions shared by every kernel:
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
   ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]`` (tested as ``kcode - qlo <= qhi - qlo``, unsigned).
-  No dense mask is ever materialized.
+  Two-axis codes that fit 15 bits come packed (``PACKED``): both intervals are tested at once
+  on one int32 per token (``_in_box``), which trims the integer work that bounds the partial
+  tiles of 2-D neighbourhoods. No dense mask is ever materialized.
 - Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
   natural-log score, where ``idx`` combines per-axis offsets
   ``qcoord[a, i] - kcoord[a, j]`` clamped to ``[-r_a, r_a]`` (row-major over a table of
@@ -39,6 +41,8 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+GUARDS = tl.constexpr(-2147450880)  # 0x80008000: guard bits of a packed pair of codes
+PACKED_EMPTY = tl.constexpr(0x7FFF7FFF)  # packed lo of no query: both fields above any key
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,15 +113,21 @@ def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.co
 
 
 @triton.jit
-def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr):
+def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr, PACKED: tl.constexpr):
     """Per-axis query intervals of the tokens ``offs`` as (``lo``, unsigned ``span = hi - lo``);
-    out of range: span 0 at ``lo = -2**31``, which no code equals (the interval is empty)."""
-    lo0, span0 = _interval(QLO, QHI, offs, ok)
+    out of range: span 0 at ``lo = -2**31``, which no code equals (the interval is empty).
+    ``PACKED``: the two axes' ``lo`` and guarded ``hi`` codes (see ``_in_box``) as ``lo0``,
+    ``span0``; out of range, ``lo`` fields of ``2**15 - 1``, above every key's."""
+    if PACKED:
+        lo0 = tl.load(QLO + offs, mask=ok, other=PACKED_EMPTY)
+        span0 = tl.load(QHI + offs, mask=ok, other=0)
+    else:
+        lo0, span0 = _interval(QLO, QHI, offs, ok)
     lo1 = lo0
     span1 = span0
     lo2 = lo0
     span2 = span0
-    if A > 1:
+    if A > 1 and not PACKED:
         lo1, span1 = _interval(QLO + stride_c, QHI + stride_c, offs, ok)
     if A > 2:
         lo2, span2 = _interval(QLO + 2 * stride_c, QHI + 2 * stride_c, offs, ok)
@@ -134,7 +144,8 @@ def _interval(LO, HI, offs, ok):
 @triton.jit
 def _load_rows(T, stride_c, offs, ok, ROWS: tl.constexpr):
     """The first ``ROWS`` (0..3) rows of a per-token table at tokens ``offs`` (key codes, bias
-    coordinates); out of range, and rows past ``ROWS``: 0 (key codes there fail the bounds mask)."""
+    coordinates); out of range,
+    and rows past ``ROWS``: 0 (key codes there fail the bounds mask)."""
     c0 = offs * 0
     if ROWS > 0:
         c0 = tl.load(T + offs, mask=ok, other=0)
@@ -159,13 +170,31 @@ def _in_interval(lo, span, c, KEYS_ON_ROWS: tl.constexpr):
 
 
 @triton.jit
+def _in_box(lo, hi, kg, k, KEYS_ON_ROWS: tl.constexpr):
+    """Both axes of a packed pair at once (SIMD within a register): every code holds two 15-bit
+    fields, at bits 0 and 16, and ``GUARDS`` the bits above them. Per field, ``kg - lo``
+    (``kg = k | GUARDS``) keeps its guard bit iff ``k >= lo``, and ``hi - k`` (``hi`` guarded)
+    iff ``k <= hi``; no borrow crosses a field. One AND and one compare for the two intervals,
+    where the unpacked test takes two compares and their AND."""
+    if KEYS_ON_ROWS:  # [keys, queries]
+        t = (kg[:, None] - lo[None, :]) & (hi[None, :] - k[:, None])
+    else:  # [queries, keys]
+        t = (kg[None, :] - lo[:, None]) & (hi[:, None] - k[None, :])
+    return (t & GUARDS) == GUARDS
+
+
+@triton.jit
 def _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, key_ok, A: tl.constexpr,
-               KEYS_ON_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
+               PACKED: tl.constexpr, KEYS_ON_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
     """Element mask of a tile: the interval test on every axis, plus the key bounds where the
-    last key tile is short."""
-    ok = _in_interval(lo0, span0, c0, KEYS_ON_ROWS)
-    if A > 1:
-        ok = ok & _in_interval(lo1, span1, c1, KEYS_ON_ROWS)
+    last key tile is short. ``PACKED``: axes 0 and 1 share one code (key rows ``k | GUARDS``
+    and ``k``, see ``_in_box``)."""
+    if PACKED:
+        ok = _in_box(lo0, span0, c0, c1, KEYS_ON_ROWS)
+    else:
+        ok = _in_interval(lo0, span0, c0, KEYS_ON_ROWS)
+        if A > 1:
+            ok = ok & _in_interval(lo1, span1, c1, KEYS_ON_ROWS)
     if A > 2:
         ok = ok & _in_interval(lo2, span2, c2, KEYS_ON_ROWS)
     if not EVEN_N:
@@ -227,7 +256,8 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
                  BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                  stride_kn, stride_kd, stride_vn, stride_vd, stride_c, N, D, qk_scale,
                  offs_n0, offs_d,
-                 MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+                 MASKED: tl.constexpr, A: tl.constexpr, PACKED: tl.constexpr,
+                 BIAS_AXES: tl.constexpr,
                  BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
                  DOT_PREC: tl.constexpr, TMA: tl.constexpr):
@@ -245,7 +275,8 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
     ok = n_ok[None, :]
     if MASKED:
         c0, c1, c2 = _load_rows(KC, stride_c, offs_n, n_ok, A)
-        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, False, EVEN_N)
+        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, PACKED,
+                        False, EVEN_N)
     if BIAS_TILES:
         s += _bias_block(BIAS, slot, BLOCK_M, BLOCK_N) * LOG2E
     elif BIAS_AXES > 0:
@@ -285,7 +316,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 stride_vb, stride_vh, stride_vn, stride_vd,
                 stride_ob, stride_oh, stride_on, stride_od,
                 stride_c, H, N, D, n_tiles, qk_scale,
-                A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
+                A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
+                BIAS_TILES: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                 EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
@@ -303,7 +335,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     d_ok = offs_d < D
     q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
                    BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
-    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
+                                                           PACKED)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -318,7 +351,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
-                                   False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
         acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
@@ -329,7 +363,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
-                                   True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
         acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
 
@@ -354,7 +389,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
                stride_qn, stride_qd, stride_don, stride_dod, stride_on, stride_od,
                stride_dqn, stride_dqd, stride_c, N, D, qk_scale, sm_scale,
                offs_m0, offs_d, n_ok,
-               MASKED: tl.constexpr, A: tl.constexpr, BIAS_AXES: tl.constexpr,
+               MASKED: tl.constexpr, A: tl.constexpr, PACKED: tl.constexpr,
+               BIAS_AXES: tl.constexpr,
                BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
@@ -383,8 +419,10 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
     if MASKED:
-        lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
-        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, True, EVEN_N)
+        lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
+                                                           PACKED)
+        ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, PACKED,
+                        True, EVEN_N)
     else:
         ok = n_ok[:, None] & m_ok[None, :]
     if BIAS_TILES:
@@ -429,7 +467,8 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                      stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                      stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                     A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
+                     A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
+                     BIAS_TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                      EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
@@ -479,7 +518,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                            False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                             EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
@@ -490,7 +529,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_qn, stride_qd, stride_don, stride_dod,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                            True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
                             EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
 
     dk = dk * sm_scale
@@ -525,7 +564,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    stride_dob, stride_doh, stride_don, stride_dod,
                    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
                    stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
-                   A: tl.constexpr, BIAS_AXES: tl.constexpr, BIAS_TILES: tl.constexpr,
+                   A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
+                   BIAS_TILES: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
@@ -557,7 +597,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
-    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
+                                                           PACKED)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
@@ -569,7 +610,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
-                                   False, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
         dq = _dq_step(dq, do, lse, delta, k, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
@@ -580,7 +622,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
-                                   True, A, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
+                                   True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D,
                                    EVEN_N, EVEN_D, DOT_PREC, TMA)
         dq = _dq_step(dq, do, lse, delta, k, v, s, ok, True, EVEN_N, DOT_PREC)
 
