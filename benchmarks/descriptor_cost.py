@@ -32,6 +32,16 @@ CASES = {  # id: (grid, heads, head dim, dtype, pattern builder)
 }
 
 
+def case_inputs(name: str, device: str = "cuda"):
+    """``(pattern, q, k, v, dO)`` of case ``name``: random ``[1, heads, N, D]`` tensors, q, k, v
+    requiring gradients."""
+    grid, heads, dim, dtype, build = CASES[name]
+    layout = ha.Layout(grid, device=device)
+    q, k, v, do = (torch.randn(1, heads, layout.numel, dim, device=device, dtype=dtype)
+                   for _ in range(4))
+    return build(layout), q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), do
+
+
 def per_call_ms(fn, calls: int) -> float:
     """Wall time per call of ``calls`` back-to-back calls (the GPU, if any, drained around)."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -52,13 +62,7 @@ def main() -> None:
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   triton=triton.__version__, cases=[])
     for name in args.cases.split(","):
-        shape, heads, d, dtype, make = CASES[name]
-        L = ha.Layout(shape, device="cuda")
-        pat = make(L)
-        q, k, v, g = (torch.randn(1, heads, L.numel, d, device="cuda", dtype=dtype)
-                      for _ in range(4))
-        for t in (q, k, v):
-            t.requires_grad_()
+        pat, q, k, v, g = case_inputs(name)
         calls = 5 if name == "flux-4k" else 200
         for mode in (False, True):
             tb.TENSOR_DESCRIPTORS = mode

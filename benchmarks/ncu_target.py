@@ -14,7 +14,7 @@ import argparse
 import torch
 
 import hilbertattn as ha
-from descriptor_cost import CASES  # noqa: E402  (this script's folder)
+from descriptor_cost import case_inputs  # noqa: E402  (this script's folder)
 
 
 def main() -> None:
@@ -23,13 +23,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=4)
     args = ap.parse_args()
     for name in args.cases.split(","):
-        grid, heads, dim, dtype, build = CASES[name]
-        layout = ha.Layout(grid, device="cuda")
-        pattern = build(layout)
-        q, k, v, do = (torch.randn(1, heads, layout.numel, dim, device="cuda", dtype=dtype)
-                       for _ in range(4))
-        for t in (q, k, v):
-            t.requires_grad_()
+        pattern, q, k, v, do = case_inputs(name)
         for _ in range(args.calls):
             torch.autograd.grad(ha.attention(q, k, v, pattern, backend="triton"), (q, k, v), do)
         torch.cuda.synchronize()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -91,7 +92,8 @@ def rel_err(a, b):
 # ----------------------------------------------------------------------------------------------
 
 
-def check_small():
+def check_small(only: str | None = None):
+    """Correctness on small shapes (every case, or those whose name matches ``only``)."""
     cases = []
     g17 = Layout(SMALL, device=DEV)
     g32 = Layout((SQUARE, SQUARE), device=DEV)
@@ -120,6 +122,8 @@ def check_small():
     far = {"hwa64-short-tile", "hwa49-shift24", "swin-shift", "na-fp32"}
     cases += [(f"{name}+far", pat, n, dtype, d) for name, pat, n, dtype, d in cases
               if name in far]
+    if only:
+        cases = [c for c in cases if re.search(only, c[0])]
     out = {}
     for name, pat, n, dtype, d in cases:
         if SMOKE:
@@ -399,6 +403,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter dry run, tiny sizes")
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--check-only", action="store_true", help="stop after the correctness checks")
+    ap.add_argument("--checks", metavar="REGEX", help="only the checks whose name matches")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop sweeping after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     ap.add_argument("--descriptors", choices=["auto", "on", "off"], default="auto",
@@ -419,7 +424,7 @@ def main():
                                  " ".join(sys.argv[1:])}
     RESULTS["rules"] = [r.__dict__ for r in tb.TILE_RULES]
     if not args.skip_check:
-        RESULTS["check"] = check_small()
+        RESULTS["check"] = check_small(args.checks)
         save(args.out)
     if args.check_only:
         log("done")

@@ -447,7 +447,8 @@ def test_packed_codes_test_both_intervals_as_the_unpacked_ones():
     kcode = (qlo + torch.randint(-50, 50, (2, 300), generator=g, dtype=torch.int32)).clamp(
         0, tb._FIELD_MAX)
     kcode[:, :4] = torch.tensor([[0, 0, tb._FIELD_MAX, tb._FIELD_MAX], [0, tb._FIELD_MAX, 0, 5]])
-    codes, packed = tb._packed_codes(qlo, qhi, kcode)
+    codes_in = (qlo, qhi, kcode)
+    codes, packed = tb._packed_codes(*codes_in)
     (lo,), (hi,), (kg, k) = codes
     assert packed
     t = (kg[None, :] - lo[:, None]) & (hi[:, None] - k[None, :])
@@ -457,25 +458,31 @@ def test_packed_codes_test_both_intervals_as_the_unpacked_ones():
     # No query (rows past N read the kernels' PACKED_EMPTY as lo) attends any key.
     empty = torch.tensor(0x7FFF7FFF, dtype=torch.int32)
     assert not (((kg - empty) & (hi.max() - k) & tb._GUARDS) == tb._GUARDS).any()
-    # Codes past 15 bits, and one or three axes, stay unpacked.
+    # Codes past 15 bits, and one axis, stay unpacked.
     assert not tb._packed_codes(qlo, qhi + tb._FIELD_MAX, kcode)[1]
     assert not tb._packed_codes(qlo[:1], qhi[:1], kcode[:1])[1]
-    three = torch.zeros(3, 8, dtype=torch.int32)
-    assert not tb._packed_codes(three, three, three)[1]
+    # A third axis (any size) follows the packed pair as a row of its own.
+    third = torch.arange(300, dtype=torch.int32)[None] * 1000
+    (lo3, hi3, k3), packed = tb._packed_codes(*(torch.cat([c, third]) for c in codes_in))
+    assert packed and torch.equal(lo3, torch.cat([lo[None], third]))
+    assert torch.equal(hi3[1], third[0]) and torch.equal(k3, torch.cat([kg[None], k[None], third]))
 
 
-def test_unpacked_two_axis_codes(monkeypatch):
-    # Two-axis patterns pack their codes on grids below 32767 per axis; the unpacked two-axis
-    # path (longer axes) runs when packing is refused.
+def test_unpacked_grid_codes(monkeypatch):
+    # Grid patterns pack the codes of their first two axes on grids below 32767 per axis; the
+    # unpacked path (longer axes) runs when packing is refused.
     tb = _backend()
-    layout = Layout((10, 13))
-    assert tb._tables(Neighborhood(layout, 5), 130, 16, 32, torch.device("cpu")).packed
+    layout, video = Layout((10, 13)), Layout((3, 4, 5))
+    cpu = torch.device("cpu")
+    assert tb._tables(Neighborhood(layout, 5), 130, 16, 32, cpu).packed
+    assert tb._tables(Neighborhood(video, 3), 60, 16, 32, cpu).packed
     monkeypatch.setattr(tb, "_FIELD_MAX", -1)
     tb._tables_of_key.cache_clear()
     try:
-        assert not tb._tables(Neighborhood(layout, 5), 130, 16, 32, torch.device("cpu")).packed
+        assert not tb._tables(Neighborhood(layout, 5), 130, 16, 32, cpu).packed
         check(Neighborhood(layout, (5, 3)), 130, 32, torch.float32, b=1)
         check(Window2D(layout, 4, shift=2), 130, 16, torch.float16, b=1, bias_layout=layout)
+        check(Neighborhood(video, 3), 60, 16, torch.float32, b=1)
     finally:
         tb._tables_of_key.cache_clear()
 

@@ -180,7 +180,7 @@ def _as_tile_config(tiles, pattern, head_dim: int, dtype: torch.dtype) -> TileCo
 class _Tables(NamedTuple):
     args: tuple  # qlo, qhi, kcode, full counts/indices, partial counts/indices, plan row stride
     axes: int  # A, the number of interval axes of the mask codes
-    packed: bool  # two axes packed into one code per token (see _packed_codes)
+    packed: bool  # axes 0 and 1 packed into one code per token (see _packed_codes)
     one_to_one: bool  # every query tile attends exactly one key tile
     visits: int  # tiles visited, summed over the rows
 
@@ -225,16 +225,20 @@ _GUARDS = -2147450880  # 0x80008000 as int32: the bit above each 15-bit field
 
 
 def _packed_codes(qlo: Tensor, qhi: Tensor, kcode: Tensor) -> tuple[tuple[Tensor, ...], bool]:
-    """Two-axis codes as one code per token, when every code fits a 15-bit field (grid axes
-    shorter than 32767): ``lo`` and ``hi | GUARDS`` per query, ``k | GUARDS`` and ``k`` per key,
-    each axis-0 code in bits 16..30 and axis-1 code in bits 0..14. The kernels then test both
-    intervals with one AND and one compare per pair (``_in_box`` in the kernels), where the
-    mask arithmetic bounds the 2-D neighbourhood passes."""
+    """Axes 0 and 1 of two- and three-axis codes as one code per token, when their codes fit a
+    15-bit field (grid axes shorter than 32767): ``lo`` and ``hi | GUARDS`` per query, ``k |
+    GUARDS`` and ``k`` per key, axis 0 in bits 16..30 and axis 1 in bits 0..14; axis 2 stays a
+    row of its own after them. The kernels then test both intervals with one AND and one
+    compare per pair (``_in_box`` in the kernels), where the mask arithmetic bounds the
+    neighbourhood passes."""
     codes = (qlo, qhi, kcode)
-    if qlo.shape[0] != 2 or any(int(c.min()) < 0 or int(c.max()) > _FIELD_MAX for c in codes):
+    if qlo.shape[0] < 2 or any(int(c[:2].min()) < 0 or int(c[:2].max()) > _FIELD_MAX
+                               for c in codes):
         return codes, False
     lo, hi, k = ((c[0] << 16) | c[1] for c in codes)
-    return (lo[None], (hi | _GUARDS)[None], torch.stack([k | _GUARDS, k])), True
+    rest = [c[2:] for c in codes]  # axis 2, or nothing
+    return (torch.cat([lo[None], rest[0]]), torch.cat([(hi | _GUARDS)[None], rest[1]]),
+            torch.cat([torch.stack([k | _GUARDS, k]), rest[2]])), True
 
 
 # Bias gradient buffers of the gather form: one copy of the tables per slot (key tile % slots)

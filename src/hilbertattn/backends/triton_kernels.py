@@ -116,8 +116,9 @@ def _store_2d(ptrs, x, row_ok, col_ok, EVEN_ROWS: tl.constexpr, EVEN_COLS: tl.co
 def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr, PACKED: tl.constexpr):
     """Per-axis query intervals of the tokens ``offs`` as (``lo``, unsigned ``span = hi - lo``);
     out of range: span 0 at ``lo = -2**31``, which no code equals (the interval is empty).
-    ``PACKED``: the two axes' ``lo`` and guarded ``hi`` codes (see ``_in_box``) as ``lo0``,
-    ``span0``; out of range, ``lo`` fields of ``2**15 - 1``, above every key's."""
+    ``PACKED``: axes 0 and 1 as one ``lo`` and one guarded ``hi`` code (see ``_in_box``) in
+    ``lo0``, ``span0`` (out of range: ``lo`` fields of ``2**15 - 1``, above every key's); axis 2,
+    if any, in the next row."""
     if PACKED:
         lo0 = tl.load(QLO + offs, mask=ok, other=PACKED_EMPTY)
         span0 = tl.load(QHI + offs, mask=ok, other=0)
@@ -130,7 +131,10 @@ def _load_query_codes(QLO, QHI, stride_c, offs, ok, A: tl.constexpr, PACKED: tl.
     if A > 1 and not PACKED:
         lo1, span1 = _interval(QLO + stride_c, QHI + stride_c, offs, ok)
     if A > 2:
-        lo2, span2 = _interval(QLO + 2 * stride_c, QHI + 2 * stride_c, offs, ok)
+        if PACKED:  # axis 2 follows the packed pair
+            lo2, span2 = _interval(QLO + stride_c, QHI + stride_c, offs, ok)
+        else:
+            lo2, span2 = _interval(QLO + 2 * stride_c, QHI + 2 * stride_c, offs, ok)
     return lo0, span0, lo1, span1, lo2, span2
 
 
@@ -188,7 +192,7 @@ def _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, key_ok, A: tl.con
                PACKED: tl.constexpr, KEYS_ON_ROWS: tl.constexpr, EVEN_N: tl.constexpr):
     """Element mask of a tile: the interval test on every axis, plus the key bounds where the
     last key tile is short. ``PACKED``: axes 0 and 1 share one code (key rows ``k | GUARDS``
-    and ``k``, see ``_in_box``)."""
+    and ``k``, see ``_in_box``; axis 2, if any, in key row 2)."""
     if PACKED:
         ok = _in_box(lo0, span0, c0, c1, KEYS_ON_ROWS)
     else:
