@@ -570,8 +570,7 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E,
         A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, BLOCK_D=bd,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
         EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
         DOT_PREC=_dot_prec(q.dtype), TMA=tma, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages)
@@ -634,8 +633,8 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         *dk.stride(), *dv.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
         A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
-        BLOCK_M=c.block_m,
-        BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0, EVEN_N=N % c.block_n == 0,
+        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0,
+        EVEN_N=N % c.block_n == 0,
         EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
         FUSED_DQ=fused, TMA=tma)
     if dbias is None:
@@ -814,7 +813,7 @@ def triton_attention(
               _tiles_handle(tiles, pattern.key, q.shape[-1], q.dtype), _token_major(q))
     if torch.compiler.is_compiling():
         return _forward_op(*inputs)[0]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v,
-    table)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in (q, k, v, table)):
         return _EagerAttention.apply(*inputs)
     return _forward_impl(*inputs)[0]  # nothing to differentiate: autograd's cost skipped

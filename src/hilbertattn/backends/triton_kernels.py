@@ -148,8 +148,8 @@ def _interval(LO, HI, offs, ok):
 @triton.jit
 def _load_rows(T, stride_c, offs, ok, ROWS: tl.constexpr):
     """The first ``ROWS`` (0..3) rows of a per-token table at tokens ``offs`` (key codes, bias
-    coordinates); out of range,
-    and rows past ``ROWS``: 0 (key codes there fail the bounds mask)."""
+    coordinates); out of range, and rows past ``ROWS``: 0 (key codes there fail the bounds
+    mask)."""
     c0 = offs * 0
     if ROWS > 0:
         c0 = tl.load(T + offs, mask=ok, other=0)
@@ -321,8 +321,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 stride_ob, stride_oh, stride_on, stride_od,
                 stride_c, H, N, D, n_tiles, qk_scale,
                 A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
-                BIAS_TILES: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                 EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     q_tile, bh, b, h = _program(n_tiles, H)
@@ -339,8 +338,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     d_ok = offs_d < D
     q = _load_tile(Q, b, h, q_tile * BLOCK_M, offs_m, stride_qn, stride_qd, m_ok, d_ok,
                    BLOCK_M, BLOCK_D, EVEN_M, EVEN_D, TMA)
-    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
-                                                           PACKED)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok,
+                                                           A, PACKED)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -356,8 +355,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D,
-                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
         acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
@@ -368,8 +366,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D,
-                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
         acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
@@ -423,8 +420,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
         delta = tl.load(DELTA + offs_m, mask=m_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # [BLOCK_N, BLOCK_M]
     if MASKED:
-        lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
-                                                           PACKED)
+        lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m,
+                                                               m_ok, A, PACKED)
         ok = _pair_mask(lo0, span0, lo1, span1, lo2, span2, c0, c1, c2, n_ok, A, PACKED,
                         True, EVEN_N)
     else:
@@ -472,8 +469,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      stride_dvb, stride_dvh, stride_dvn, stride_dvd,
                      stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
                      A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
-                     BIAS_TILES: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                      EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
                      TMA: tl.constexpr):
@@ -569,8 +565,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                    stride_dqb, stride_dqh, stride_dqn, stride_dqd,
                    stride_c, H, N, D, n_tiles, qk_scale, sm_scale,
                    A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
-                   BIAS_TILES: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                    EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     """dQ of one query tile, walking the forward-shaped plan.
@@ -601,8 +596,8 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=m_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=m_ok, other=float("inf")) * LOG2E
-    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok, A,
-                                                           PACKED)
+    lo0, span0, lo1, span1, lo2, span2 = _load_query_codes(QLO, QHI, stride_c, offs_m, m_ok,
+                                                           A, PACKED)
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
@@ -615,8 +610,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D,
-                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
         dq = _dq_step(dq, do, lse, delta, k, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
     for t in range(0, n_part):
@@ -627,8 +621,7 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
                                    N, D, qk_scale, offs_n0, offs_d,
                                    True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D,
-                                   EVEN_N, EVEN_D, DOT_PREC, TMA)
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
         dq = _dq_step(dq, do, lse, delta, k, v, s, ok, True, EVEN_N, DOT_PREC)
 
     dq = dq * sm_scale
