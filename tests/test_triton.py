@@ -456,7 +456,7 @@ def test_packed_codes_test_both_intervals_as_the_unpacked_ones():
     want = ((qlo[:, :, None] <= kcode[:, None, :]) & (kcode[:, None, :] <= qhi[:, :, None])).all(0)
     assert torch.equal(got, want) and want.any() and not want.all()
     # No query (rows past N read the kernels' PACKED_EMPTY as lo) attends any key.
-    empty = torch.tensor(0x7FFF7FFF, dtype=torch.int32)
+    empty = torch.tensor(tb._k.PACKED_EMPTY.value, dtype=torch.int32)
     assert not (((kg - empty) & (hi.max() - k) & tb._GUARDS) == tb._GUARDS).any()
     # Codes past 15 bits, and one axis, stay unpacked.
     assert not tb._packed_codes(qlo, qhi + tb._FIELD_MAX, kcode)[1]

@@ -221,7 +221,7 @@ def _tables_of_key(key: int, n: int, block_m: int, block_n: int, device: torch.d
 
 
 _FIELD_MAX = (1 << 15) - 2  # largest code a packed field holds (2**15 - 1 marks no query)
-_GUARDS = -2147450880  # 0x80008000 as int32: the bit above each 15-bit field
+_GUARDS = None if _k is None else _k.GUARDS.value  # the bit above each field, as the kernels
 
 
 def _packed_codes(qlo: Tensor, qhi: Tensor, kcode: Tensor) -> tuple[tuple[Tensor, ...], bool]:

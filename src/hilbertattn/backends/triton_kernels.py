@@ -12,9 +12,9 @@ Conventions shared by every kernel:
   attended, no mask), then the *partial* ones, whose element mask is computed here from the
   pattern's interval codes: key ``j`` is attended by query ``i`` iff, on every axis ``a < A``,
   ``qlo[a, i] <= kcode[a, j] <= qhi[a, i]`` (tested as ``kcode - qlo <= qhi - qlo``, unsigned).
-  Two-axis codes that fit 15 bits come packed (``PACKED``): both intervals are tested at once
-  on one int32 per token (``_in_box``), which trims the integer work that bounds the partial
-  tiles of 2-D neighbourhoods. No dense mask is ever materialized.
+  The first two axes' codes, where they fit 15 bits, come packed (``PACKED``): both intervals
+  are tested at once on one int32 per token (``_in_box``), which trims the integer work that
+  bounds the partial tiles of neighbourhoods. No dense mask is ever materialized.
 - Optional relative position bias (``BIAS_AXES > 0``): ``table[h, idx(i, j)]`` is added to the
   natural-log score, where ``idx`` combines per-axis offsets
   ``qcoord[a, i] - kcoord[a, j]`` clamped to ``[-r_a, r_a]`` (row-major over a table of
