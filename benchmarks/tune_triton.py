@@ -1,7 +1,7 @@
 """Check the triton backend on the GPU and time its tile configurations per benchmark case.
 
     python benchmarks/tune_triton.py --out results/tune.json [--check] [--cases window,slide]
-        [--descriptors both] [--no-flex]
+        [--descriptors both] [--no-flex] [--passes fwd,dkdv,dq]
 
 ``--check`` first compares forward and gradients with the float64 reference on random odd-sized
 grids, every pattern, dtype and several head dims (and FlexAttention, compiled, likewise). Then, per
@@ -9,7 +9,9 @@ case, every candidate tile configuration of each pass is timed with ``triton.tes
 (median, L2 flushed), next to FlexAttention on the same layout and dense SDPA, in the same run.
 The chosen rows of ``TILE_RULES`` in ``hilbertattn/backends/triton.py`` come from its output.
 ``--descriptors both`` times the default tiles and the forward candidates twice: inputs read
-through tensor descriptors and through pointer loads (``TENSOR_DESCRIPTORS``).
+through tensor descriptors and through pointer loads (``TENSOR_DESCRIPTORS``). ``--passes``
+sweeps only the passes named (the dQ pass runs only under ``torch.use_deterministic_algorithms``,
+which ``dq`` turns on for its sweep).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def copy_bandwidth() -> float:
 
 
 def bench_case(name: str, report: dict, bandwidth: float, descriptor_modes: tuple,
-               flex: bool) -> None:
+               flex: bool, passes: tuple[str, ...]) -> None:
     (shape, heads, d, dtype, make) = CASES[name]
     L = ha.Layout(shape, device="cuda")
     pat = make(L)
@@ -137,21 +139,25 @@ def bench_case(name: str, report: dict, bandwidth: float, descriptor_modes: tupl
         suffix = "" if mode is None else f"_descriptors_{'on' if mode else 'off'}"
         row["triton_fwd_ms" + suffix] = fwd(tri(default, mode))
         row["triton_fwdbwd_ms" + suffix] = fwdbwd(tri(default, mode))
-        for c in FWD[d]:
+        for c in FWD[d] if "fwd" in passes else ():
             cfg = TileConfig(PassConfig(*c), default.dkdv, default.dq)
             fwd_times[str(c) + suffix] = fwd(tri(cfg, mode))
     triton_backend.TENSOR_DESCRIPTORS = None
     row.setdefault("triton_fwd_ms", fwd(tri(default)))
     print(name, {k: v for k, v in row.items() if k.endswith("ms")}, flush=True)
     dkdv_times = {}
-    for c in DKDV[d]:
+    for c in DKDV[d] if "dkdv" in passes else ():
         cfg = TileConfig(default.fwd, PassConfig(*c), default.dq)
         dkdv_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
-    best_dkdv = min(dkdv_times, key=dkdv_times.get)
+    best_dkdv = PassConfig(*eval(min(dkdv_times, key=dkdv_times.get))) if dkdv_times else \
+        default.dkdv
     dq_times = {}
-    for c in DQ[d]:
-        cfg = TileConfig(default.fwd, PassConfig(*eval(best_dkdv)), PassConfig(*c))
-        dq_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
+    if "dq" in passes:
+        torch.use_deterministic_algorithms(True)
+        for c in DQ[d]:
+            cfg = TileConfig(default.fwd, best_dkdv, PassConfig(*c))
+            dq_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
+        torch.use_deterministic_algorithms(False)
     row.update(fwd_sweep=fwd_times, dkdv_sweep_bwd_ms=dkdv_times, dq_sweep_bwd_ms=dq_times)
     print(name, "fwd", fwd_times, "\n dkdv", dkdv_times, "\n dq", dq_times, flush=True)
     report["cases"].append(row)
@@ -164,7 +170,9 @@ def main() -> None:
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--descriptors", choices=["auto", "both"], default="auto")
     p.add_argument("--no-flex", action="store_true")
+    p.add_argument("--passes", default="fwd,dkdv,dq", help="passes to sweep")
     args = p.parse_args()
+    passes = tuple(args.passes.split(","))
     modes = (None,) if args.descriptors == "auto" else (False, True)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   triton=triton.__version__, cases=[])
@@ -176,7 +184,7 @@ def main() -> None:
     report["copy_bandwidth_GBps"] = bw / 1e9
     for name in args.cases.split(","):
         try:
-            bench_case(name, report, bw, modes, not args.no_flex)
+            bench_case(name, report, bw, modes, not args.no_flex, passes)
         except Exception as e:  # keep the other cases' numbers
             report["cases"].append(dict(case=name, error=repr(e)[:2000]))
             print(name, "ERROR", repr(e)[:2000], flush=True)
