@@ -10,8 +10,7 @@ case, every candidate tile configuration of each pass is timed with ``triton.tes
 The chosen rows of ``TILE_RULES`` in ``hilbertattn/backends/triton.py`` come from its output.
 ``--descriptors both`` times the default tiles and the forward candidates twice: inputs read
 through tensor descriptors and through pointer loads (``TENSOR_DESCRIPTORS``). ``--passes``
-sweeps only the passes named (the dQ pass runs only under ``torch.use_deterministic_algorithms``,
-which ``dq`` turns on for its sweep).
+sweeps only the passes named.
 """
 
 from __future__ import annotations
@@ -152,12 +151,9 @@ def bench_case(name: str, report: dict, bandwidth: float, descriptor_modes: tupl
     best_dkdv = PassConfig(*eval(min(dkdv_times, key=dkdv_times.get))) if dkdv_times else \
         default.dkdv
     dq_times = {}
-    if "dq" in passes:
-        torch.use_deterministic_algorithms(True)
-        for c in DQ[d]:
-            cfg = TileConfig(default.fwd, best_dkdv, PassConfig(*c))
-            dq_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
-        torch.use_deterministic_algorithms(False)
+    for c in DQ[d] if "dq" in passes else ():
+        cfg = TileConfig(default.fwd, best_dkdv, PassConfig(*c))
+        dq_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
     row.update(fwd_sweep=fwd_times, dkdv_sweep_bwd_ms=dkdv_times, dq_sweep_bwd_ms=dq_times)
     print(name, "fwd", fwd_times, "\n dkdv", dkdv_times, "\n dq", dq_times, flush=True)
     report["cases"].append(row)

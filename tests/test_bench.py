@@ -71,23 +71,6 @@ def test_bench_end_to_end_json(tmp_path):
     assert "swin" in rows["window", "flex"]["speedup"]
 
 
-def test_deterministic_option_holds_for_the_run_only(tmp_path, monkeypatch):
-    import hilbertattn.bench as bench
-
-    seen = []
-    measure = bench.measure_problem
-
-    def spy(*args, **kwargs):
-        seen.append(torch.are_deterministic_algorithms_enabled())
-        return measure(*args, **kwargs)
-
-    monkeypatch.setattr(bench, "measure_problem", spy)
-    data = _run(tmp_path, "--cases", "slide", "--grid", "16", "16", "--heads", "1", "--reps", "1",
-                "--warmup", "0", "--methods", "reference", "--deterministic")
-    assert seen == [True] and data["options"]["deterministic"] is True
-    assert not torch.are_deterministic_algorithms_enabled()
-
-
 def test_density_in_json_is_block_plans(tmp_path):
     data = _run(tmp_path, "--cases", "neighborhood,slide", "--grid", "24", "20", "--heads", "1",
                 "--reps", "2", "--warmup", "0", "--passes", "fwd", "--methods",

@@ -166,15 +166,6 @@ def test_relative_position_bias(name, dtype, d, form, monkeypatch):
     check(pattern, n, d, dtype, bias_layout=layout, bias_radius=radius)
 
 
-@pytest.mark.parametrize("form", ["blocks", "gather"])
-def test_relative_position_bias_with_the_deterministic_dq_pass(form, deterministic, monkeypatch):
-    tb = _backend()
-    if form == "gather":
-        monkeypatch.setattr(tb, "BIAS_TILE_BYTES", 0)
-    make, n, layout, _ = BIAS_CASES["na-10x13"]
-    check(make(), n, 24, torch.float32, bias_layout=layout)
-
-
 def test_bias_blocks_follow_each_pass_plan():
     # Block r * slots + t of a pass holds the bias of the t-th tile that row tile r visits (full
     # tiles first), oriented as the pass holds its scores: [queries, keys], or [keys, queries]
@@ -271,67 +262,11 @@ def test_torch_compile_traces_the_attention_whole(compiler):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture
-def deterministic():
-    """Run under torch.use_deterministic_algorithms: the backward takes its separate dQ pass."""
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(False)
-
-
 @pytest.mark.parametrize("name", list(PATTERNS))
 @pytest.mark.parametrize("dtype, d", [(torch.float32, 24), (torch.float16, 32)])
 def test_patterns(name, dtype, d):
     make, n = PATTERNS[name]
     check(make(), n, d, dtype)
-
-
-@pytest.mark.parametrize("name", list(PATTERNS))
-def test_patterns_deterministic_dq_pass(name, deterministic):
-    make, n = PATTERNS[name]
-    check(make(), n, 24, torch.float32, seed=1)
-
-
-def _count_dq_passes(monkeypatch) -> list:
-    tb = _backend()
-    launches = []
-    dq_pass = tb._bwd_dq_kernel
-
-    def spy(*args, **kwargs):
-        launches.append(args[0])
-        return dq_pass(*args, **kwargs)
-
-    monkeypatch.setattr(tb, "_bwd_dq_kernel", spy)
-    return launches
-
-
-def test_dq_is_added_with_atomics_unless_deterministic_algorithms_are_asked_for(monkeypatch):
-    # By default the dK/dV pass adds dQ with atomics, whose order varies; under
-    # torch.use_deterministic_algorithms the separate dQ pass runs, and a repeated backward is
-    # bitwise equal (no bias: its table gradient is summed with atomics either way).
-    tb = _backend()
-    launches = _count_dq_passes(monkeypatch)
-    g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(2, 2, 130, 32, generator=g).requires_grad_() for _ in range(3))
-    pattern = Neighborhood(Layout((10, 13)), 5)
-
-    def grads():
-        out = tb.triton_attention(q, k, v, pattern, 0.2, tiles=(16, 32))
-        return torch.autograd.grad(out.square().sum(), (q, k, v))
-
-    atomic = grads()
-    assert launches == []
-    torch.use_deterministic_algorithms(True)
-    try:
-        first, second = grads(), grads()
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert len(launches) == 2
-    for a, b, c in zip(atomic, first, second):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        assert torch.equal(b, c)
 
 
 def _count_descriptor_launches(monkeypatch) -> list:

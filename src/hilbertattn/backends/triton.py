@@ -6,14 +6,12 @@ launches the passes:
 
 - forward: one program per (query tile, batch*head); full key tiles unmasked, then partial tiles
   masked from the pattern's interval codes; saves the log-sum-exp (fp32 ``[B, H, N]``);
-- backward: one pass with one program per (key tile, batch*head) walking the transposed plan
-  (the query tiles that see each key tile) computes dK and dV without atomics, and dQ too: each
-  key tile adds its share of a query tile's dQ with fp32 atomics, or stores it when that query
-  tile attends no other key tile (HWA windows on tile boundaries). Under
-  ``torch.use_deterministic_algorithms`` dQ gets its own pass first instead, one program per
-  (query tile, batch*head) walking the forward-shaped plan, which also stores
-  ``delta = rowsum(dO * O)`` for the dK/dV pass. Each pass asks ``block_plan`` for its own tile
-  sizes (plans are cached);
+- backward (dQ, dK, dV without atomics): dQ with one program per (query tile, batch*head)
+  walking the forward-shaped plan, which also stores ``delta = rowsum(dO * O)``; then dK/dV
+  with one program per (key tile, batch*head) walking the transposed plan (the query tiles that
+  see each key tile). Each pass asks ``block_plan`` for its own tile sizes (plans are cached).
+  When every query tile attends a single key tile (HWA windows on tile boundaries), the dK/dV
+  pass also completes dQ and the dQ pass is skipped;
 - a relative position bias is added inside every pass, its gradient with atomics in the dK/dV
   pass. Each pass expands it, per head, into one block per tile it visits (shared by the batch;
   the tile then reads it coalesced) and the gradient blocks are folded back into the table;
@@ -585,21 +583,15 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     dev = q.device
     bd = _block_d(D)
     prec = _dot_prec(q.dtype)
+    dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
 
     c = cfg.dkdv
     dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
-    # dQ in the dK/dV pass, which saves the dQ pass's second walk over the tiles (3 of the 7
-    # tile products, and the mask): stored where the plan gives each query tile one key tile
-    # (e.g. HWA windows on tile boundaries), else added with atomics, in an order that varies
-    # from run to run. Under torch.use_deterministic_algorithms the dQ pass runs instead.
-    atomic = not dkdv_tables.one_to_one and not torch.are_deterministic_algorithms_enabled()
-    fused = dkdv_tables.one_to_one or atomic
-    if atomic:
-        dq = torch.zeros((B, H, N, D), dtype=torch.float32, device=dev)
-    else:
-        dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
+    # One key tile per query tile (e.g. HWA windows on tile boundaries): dK/dV's pass completes
+    # dQ as well, and the dQ pass (which re-reads q, k, v, o, dO) is skipped.
+    fused = dkdv_tables.one_to_one
     if fused:
         delta = lse  # not read
     else:
@@ -644,9 +636,7 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0,
         EVEN_N=N % c.block_n == 0,
         EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
-        FUSED_DQ=fused, ATOMIC_DQ=atomic, TMA=tma)
-    if atomic:
-        dq = dq.to(q.dtype)
+        FUSED_DQ=fused, TMA=tma)
     if dbias is None:
         return dq, dk, dv, None
     if pass_bias.tiles:  # fold the blocks into a table per row tile, then sum those

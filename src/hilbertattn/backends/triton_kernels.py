@@ -395,14 +395,13 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
                BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
-               ATOMIC_DQ: tl.constexpr, TMA: tl.constexpr):
+               TMA: tl.constexpr):
     """Add query tile ``q_tile`` (the plan's visit ``slot``) to dK, dV of one key tile (scores
     held transposed).
 
-    With ``FUSED_DQ`` this pass computes dQ too, so no separate dQ pass runs: the row term
-    ``delta`` is computed here from O and dO, and this key tile's share of the query tile's dQ
-    is stored (a one-to-one plan: it is the only key tile the query tile attends) or, with
-    ``ATOMIC_DQ``, added with atomics into the zeroed fp32 ``DQ``.
+    With ``FUSED_DQ`` this key tile is the only one the query tile attends (a one-to-one plan):
+    the row term ``delta`` is computed here from O and dO, and dQ of the query tile is complete
+    and stored, so no separate dQ pass runs.
     """
     offs_m = q_tile * BLOCK_M + offs_m0
     m_ok = offs_m < N
@@ -451,11 +450,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile, s
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PREC)
     if FUSED_DQ:
         dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PREC) * sm_scale
-        dq_ptrs = DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd
-        if ATOMIC_DQ:
-            tl.atomic_add(dq_ptrs, dq, mask=m_ok[:, None] & d_ok[None, :], sem="relaxed")
-        else:
-            _store_2d(dq_ptrs, dq.to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_M, EVEN_D)
+        _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
+                  dq.to(DQ.dtype.element_ty), m_ok, d_ok, EVEN_M, EVEN_D)
     return dk, dv
 
 
@@ -476,7 +472,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                      BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
                      EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, FUSED_DQ: tl.constexpr,
-                     ATOMIC_DQ: tl.constexpr, TMA: tl.constexpr):
+                     TMA: tl.constexpr):
     """dK, dV of one key tile, walking the transposed plan (the query tiles that see it); with
     ``FUSED_DQ`` also dQ of those query tiles (see ``_dkdv_tile``)."""
     kv_tile, bh, b, h = _program(n_tiles, H)
@@ -523,7 +519,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
                             False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, ATOMIC_DQ, TMA)
+                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
     n_part = tl.load(PART_CNT + kv_tile)
     for t in range(0, n_part):
         q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
@@ -534,7 +530,7 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
                             stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
                             qk_scale, sm_scale, offs_m0, offs_d, n_ok,
                             True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, ATOMIC_DQ, TMA)
+                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,

@@ -93,10 +93,6 @@ def add_parser(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="--models: run each model through torch.compile (the first step "
                         "compiles it, outside the timed steps)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="run under torch.use_deterministic_algorithms (warn only): the triton "
-                        "backward then computes dQ in its own pass instead of adding it with "
-                        "atomics in the dK/dV pass")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -272,7 +268,7 @@ def environment(device: torch.device, bandwidth: float | None) -> dict:
 
 def _options(args: argparse.Namespace) -> dict:
     keep = ("cases", "methods", "grid", "batch", "heads", "head_dim", "dtype", "sweep",
-            "img_sizes", "model_batch", "cuda_graphs", "compile", "deterministic")
+            "img_sizes", "model_batch", "cuda_graphs", "compile")
     out = {k: getattr(args, k) for k in keep}
     out.update(device=str(args.device), reps=args.settings.reps, warmup=args.settings.warmup,
                max_seconds=args.settings.max_seconds, passes=list(args.settings.passes),
@@ -551,17 +547,11 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         disable=args.no_progress, transient=True)
-    previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(args.deterministic, warn_only=True)
-    try:
-        with progress:
-            if args.model_specs:
-                rows, models = [], run_models(args, progress)
-            else:
-                rows, models = run_cases(args, bandwidth, progress), []
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    with progress:
+        if args.model_specs:
+            rows, models = [], run_models(args, progress)
+        else:
+            rows, models = run_cases(args, bandwidth, progress), []
     env["wall_s"] = time.perf_counter() - start
     console.print(f"{env['wall_s']:.0f} s in all, {_setup_seconds(rows, models):.0f} s of it in "
                   f"first calls (block plans, compilation)", highlight=False)
