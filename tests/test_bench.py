@@ -181,6 +181,30 @@ def test_models_throughput(tmp_path):
     assert data["rows"] == []
 
 
+def test_json_keeps_the_measurements_of_a_run_stopped_early(tmp_path, monkeypatch, capsys):
+    import hilbertattn.bench as bench
+
+    measure = bench.measure_model
+    calls = []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(args[0].label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a timeout's signal would stop the run
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_model", stop_at_the_second)
+    path = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", *CPU, "--json", str(path), "--models", "hwt_tiny", "--img-sizes", "64",
+              "--model-batch", "1", "--reps", "1", "--warmup", "0"])
+    data = json.loads(path.read_text())
+    assert [(r["model"], r["mode"], r["status"]) for r in data["models"]] == [
+        ("hwt_tiny", "inference", "ok")]
+    log = capsys.readouterr().out
+    assert "1/2 hwt_tiny at 64x64: inference" in log and "2/2 hwt_tiny at 64x64: training" in log
+
+
 def test_models_throughput_compiled(tmp_path, monkeypatch):
     # Inductor takes minutes on a small CPU: the option's wiring is checked with the eager
     # compiler backend (Dynamo still traces every step, fullgraph or not).

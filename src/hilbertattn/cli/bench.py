@@ -18,6 +18,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rich import box
@@ -452,24 +453,31 @@ def models_table(rows: list[dict], settings: Settings) -> Table:
 
 
 class _Steps:
-    """Progress callback: each call starts a step and completes the previous one."""
+    """Progress callback: each call starts a step and completes the previous one. Without a
+    progress bar (``--no-progress``), each step is a line of the log."""
 
     def __init__(self, progress: Progress, total: int) -> None:
-        self.progress, self.started = progress, False
+        self.progress, self.started, self.total = progress, 0, total
         self.task = progress.add_task("starting", total=total)
+        self.start = time.perf_counter()
 
     def __call__(self, step: str) -> None:
         if self.started:
             self.progress.advance(self.task)
-        self.started = True
+        self.started += 1
         self.progress.update(self.task, description=step)
+        if self.progress.disable:
+            self.progress.console.print(f"[{time.perf_counter() - self.start:6.0f} s] "
+                                        f"{self.started}/{self.total} {step}", highlight=False)
 
     def finish(self) -> None:
         self.progress.update(self.task, completed=self.progress.tasks[0].total,
                              description="done")
 
 
-def run_cases(args: argparse.Namespace, bandwidth: float, progress: Progress) -> list[dict]:
+def run_cases(args: argparse.Namespace, bandwidth: float, progress: Progress,
+              save: Callable[[list[dict]], None]) -> list[dict]:
+    """Measure the cases; ``save(rows)`` after each case and grid."""
     cases = [c for c in CASES if c.id in args.cases]
     grids = [(s, s) for s in args.sweep] or [None]
     methods = tuple(args.methods)
@@ -483,6 +491,7 @@ def run_cases(args: argparse.Namespace, bandwidth: float, progress: Progress) ->
             case_rows = bench.measure_problem(problem, case.variants, methods, settings,
                                               bandwidth, steps)
             rows += case_rows
+            save(rows)
             if not args.sweep:
                 for variant in case.variants:
                     mine = [r for r in case_rows if r["variant"] == variant.name]
@@ -502,7 +511,9 @@ def run_cases(args: argparse.Namespace, bandwidth: float, progress: Progress) ->
     return rows
 
 
-def run_models(args: argparse.Namespace, progress: Progress) -> list[dict]:
+def run_models(args: argparse.Namespace, progress: Progress,
+               save: Callable[[list[dict]], None]) -> list[dict]:
+    """Measure the models; ``save(rows)`` after each measurement."""
     device = args.device
     amp = torch.bfloat16 if device.type == "cuda" else None
     jobs = [(spec, size, mode) for size in args.img_sizes for spec in args.model_specs
@@ -514,6 +525,7 @@ def run_models(args: argparse.Namespace, progress: Progress) -> list[dict]:
         batch = args.model_batch or bench.default_model_batch(size, device)
         rows.append(bench.measure_model(spec, size, batch, mode, device, amp, args.settings,
                                         args.cuda_graphs, args.compile))
+        save(rows)
     steps.finish()
     bench.add_model_speedups(rows)
     progress.console.print(models_table(rows, args.settings))
@@ -547,11 +559,19 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         disable=args.no_progress, transient=True)
+
+    def save(rows: list[dict], models: list[dict]) -> None:
+        # Written after every measurement too, so that a run stopped early keeps what it got.
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"meta": env, "options": _options(args), "rows": rows,
+                                             "models": models}, indent=1) + "\n")
+
     with progress:
         if args.model_specs:
-            rows, models = [], run_models(args, progress)
+            rows, models = [], run_models(args, progress, lambda done: save([], done))
         else:
-            rows, models = run_cases(args, bandwidth, progress), []
+            rows, models = run_cases(args, bandwidth, progress, lambda done: save(done, [])), []
     env["wall_s"] = time.perf_counter() - start
     console.print(f"{env['wall_s']:.0f} s in all, {_setup_seconds(rows, models):.0f} s of it in "
                   f"first calls (block plans, compilation)", highlight=False)
@@ -559,9 +579,7 @@ def run(args: argparse.Namespace) -> int:
         plot_sweep(rows, args.settings.passes, args.plot)
         console.print(f"wrote {args.plot}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"meta": env, "options": _options(args), "rows": rows,
-                                         "models": models}, indent=1) + "\n")
+        save(rows, models)
         console.print(f"wrote {args.json}")
     failed = [r for r in rows for p in args.settings.passes if r.get(p, {}).get("status") ==
               "error"] + [r for r in models if r["status"] == "error"]
