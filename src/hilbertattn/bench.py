@@ -719,7 +719,8 @@ def measure_model(spec: ModelSpec, img_size: int, batch: int, mode: str, device:
     """Images/s of one model in ``mode`` (``inference``: forward without gradients;
     ``training``: forward, cross-entropy, backward and an AdamW step), eager or compiled, run
     directly or replayed from a CUDA graph. On running out of device memory the batch is halved
-    down to 1; the row says which batch was measured."""
+    down to 1; the row says which batch was measured. ``setup_ms`` counts the step's building
+    (graph warm-up and capture, compilation) and its first call."""
     row = {"model": spec.label, "name": spec.name, "layout": spec.layout, "img_size": img_size,
            "mode": mode, "cuda_graph": cuda_graph, "compiled": compiled,
            "requested_batch": batch}
@@ -727,9 +728,13 @@ def measure_model(spec: ModelSpec, img_size: int, batch: int, mode: str, device:
         try:
             model = spec.create(img_size).to(device)
             row["params"] = sum(p.numel() for p in model.parameters())
+            start = time.perf_counter()
+            # Under CUDA graphs the warm-up calls (and with them compilation) run here.
             step = _model_step(model, mode, batch, img_size, device, amp, cuda_graph, compiled)
+            build_ms = (time.perf_counter() - start) * 1e3
             result = _timing(time_fn(step, device, settings.reps, settings.warmup,
                                      settings.max_seconds))
+            result["setup_ms"] += build_ms
             result["images_per_s"] = batch / (result["median_ms"] / 1e3)
         except Exception as error:  # reported in the row (see _status)
             result = _status(error)
