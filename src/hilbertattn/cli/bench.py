@@ -457,18 +457,18 @@ class _Steps:
     progress bar (``--no-progress``), each step is a line of the log."""
 
     def __init__(self, progress: Progress, total: int) -> None:
-        self.progress, self.started, self.total = progress, 0, total
+        self.progress, self.begun, self.total = progress, 0, total
         self.task = progress.add_task("starting", total=total)
         self.start = time.perf_counter()
 
     def __call__(self, step: str) -> None:
-        if self.started:
+        if self.begun:
             self.progress.advance(self.task)
-        self.started += 1
+        self.begun += 1
         self.progress.update(self.task, description=step)
         if self.progress.disable:
             self.progress.console.print(f"[{time.perf_counter() - self.start:6.0f} s] "
-                                        f"{self.started}/{self.total} {step}", highlight=False)
+                                        f"{self.begun}/{self.total} {step}", highlight=False)
 
     def finish(self) -> None:
         self.progress.update(self.task, completed=self.progress.tasks[0].total,
