@@ -553,27 +553,36 @@ def _empty_output(q: Tensor, token_major: bool) -> Tensor:
     return q.new_empty((B, H, N, D))
 
 
+def _pass_options(c: PassConfig, n: int, d: int, tables: _Tables, pass_bias: _PassBias,
+                  dtype: torch.dtype, tma: bool) -> dict:
+    """The constexprs and launch options that every pass takes: tiles ``c`` over ``n`` tokens
+    of head dim ``d``, the pass's tables and bias, inputs of ``dtype`` read through descriptors
+    if ``tma``."""
+    bd = _block_d(d)
+    return dict(A=tables.axes, PACKED=tables.packed, BIAS_AXES=pass_bias.axes,
+                BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
+                EVEN_M=n % c.block_m == 0, EVEN_N=n % c.block_n == 0, EVEN_D=bd == d,
+                DOT_PREC=_dot_prec(dtype), TMA=tma, num_warps=c.num_warps,
+                num_stages=c.num_stages)
+
+
 def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
              token_major: bool):
     B, H, N, D = q.shape
-    tables, A, packed, _, visits = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
+    tables = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
     pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
     o = _empty_output(q, token_major)
     lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
     n_tiles = _cdiv(N, cfg.block_m)
     bd = _block_d(D)
     sources, tma = _sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd,
-                            visits * B * H * cfg.block_m * cfg.block_n * bd)
+                            tables.visits * B * H * cfg.block_m * cfg.block_n * bd)
     _fwd_kernel(
         n_tiles * B * H,
-        *sources, o, lse, *tables, *pass_bias.args(),
+        *sources, o, lse, *tables.args, *pass_bias.args(),
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E,
-        A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=bd,
-        EVEN_M=N % cfg.block_m == 0, EVEN_N=N % cfg.block_n == 0, EVEN_D=bd == D,
-        DOT_PREC=_dot_prec(q.dtype), TMA=tma, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
+        **_pass_options(cfg, N, D, tables, pass_bias, q.dtype, tma))
     return o, lse
 
 
@@ -582,7 +591,6 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     B, H, N, D = q.shape
     dev = q.device
     bd = _block_d(D)
-    prec = _dot_prec(q.dtype)
     dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
     dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
     dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
@@ -597,22 +605,18 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
     else:
         delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
         c = cfg.dq
-        tables, A, packed, _, visits = _tables(pattern, N, c.block_m, c.block_n, dev)
+        tables = _tables(pattern, N, c.block_m, c.block_n, dev)
         pass_bias = bias.for_pass(q, c.block_m, c.block_n)
         n_tiles = _cdiv(N, c.block_m)
-        sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
+        sources, tma = _backward_sources(q, k, v, o, do, c, bd, tables.visits * B * H)
         _bwd_dq_kernel(
             n_tiles * B * H,
-            *sources, lse, delta, dq, *tables, *pass_bias.args(),
+            *sources, lse, delta, dq, *tables.args, *pass_bias.args(),
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
             N, H, N, D, n_tiles, scale * _LOG2E, scale,
-            A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
-            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0,
-            EVEN_N=N % c.block_n == 0, EVEN_D=bd == D,
-            DOT_PREC=prec, TMA=tma, num_warps=c.num_warps, num_stages=c.num_stages)
+            **_pass_options(c, N, D, tables, pass_bias, q.dtype, tma))
 
     c = cfg.dkdv
-    tables, A, packed, _, visits = dkdv_tables
     n_tiles = _cdiv(N, c.block_n)
     pass_bias = bias.for_pass(q, c.block_m, c.block_n, transposed=True)
     values, coords, stride_bias, bias_slots, *radii = pass_bias.args()
@@ -623,20 +627,16 @@ def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: 
         per_slot = B * values.numel() * 4
         n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
         dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
-    sources, tma = _backward_sources(q, k, v, o, do, c, bd, visits * B * H)
+    sources, tma = _backward_sources(q, k, v, o, do, c, bd, dkdv_tables.visits * B * H)
     _bwd_dkdv_kernel(
         n_tiles * B * H,
-        *sources, lse, delta, dq, dk, dv, *tables,
+        *sources, lse, delta, dq, dk, dv, *dkdv_tables.args,
         values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
         *radii,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
         *dk.stride(), *dv.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E, scale,
-        A=A, PACKED=packed, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
-        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd, EVEN_M=N % c.block_m == 0,
-        EVEN_N=N % c.block_n == 0,
-        EVEN_D=bd == D, DOT_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
-        FUSED_DQ=fused, TMA=tma)
+        FUSED_DQ=fused, **_pass_options(c, N, D, dkdv_tables, pass_bias, q.dtype, tma))
     if dbias is None:
         return dq, dk, dv, None
     if pass_bias.tiles:  # fold the blocks into a table per row tile, then sum those

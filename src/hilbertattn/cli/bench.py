@@ -471,8 +471,7 @@ class _Steps:
                                         f"{self.begun}/{self.total} {step}", highlight=False)
 
     def finish(self) -> None:
-        self.progress.update(self.task, completed=self.progress.tasks[0].total,
-                             description="done")
+        self.progress.update(self.task, completed=self.total, description="done")
 
 
 def run_cases(args: argparse.Namespace, bandwidth: float, progress: Progress,
