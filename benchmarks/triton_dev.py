@@ -105,6 +105,7 @@ def check_small(only: str | None = None):
         ("na13", Neighborhood(g32, 13), g32.numel, torch.bfloat16, 64),
         ("na-dil", Neighborhood(g17, (5, 3), dilation=(2, 3)), g17.numel, torch.bfloat16, 64),
         ("na-fp16-d128", Neighborhood(g32, 7), g32.numel, torch.float16, 128),
+        ("hsa-d96", Slide(49), g17.numel, torch.bfloat16, 96),
         ("na-d256", Neighborhood(g17, 5), g17.numel, torch.bfloat16, 256),
         ("swin-shift", Window2D(g17, 7, shift=3), g17.numel, torch.bfloat16, 48),
         ("na-fp32", Neighborhood(g17, 7), g17.numel, torch.float32, 64),

@@ -339,8 +339,13 @@ def test_asymmetric_tiles_per_pass():
     check(Window2D(Layout((9, 11)), 3), 99, 32, torch.float32, b=1, h=2, tiles=cfg)
 
 
-def test_default_tile_table():
-    check(Window(8), 70, 16, torch.float16, b=1, h=1, tiles=None)
+@pytest.mark.parametrize("pattern, n, d", [
+    (Window(8), 70, 16),
+    # head dim 96 takes the head-dim-128 row: 128-token query tiles forward, partial last tile
+    (Neighborhood(Layout((13, 11)), 5), 143, 96),
+])
+def test_default_tile_table(pattern, n, d):
+    check(pattern, n, d, torch.float16, b=1, h=1, tiles=None)
 
 
 def test_strided_inputs_and_grad():
