@@ -341,6 +341,8 @@ def test_asymmetric_tiles_per_pass():
 
 @pytest.mark.parametrize("pattern, n, d", [
     (Window(8), 70, 16),
+    # a shifted window straddling 64-token tiles: two-pass backward on the table's short tiles
+    (Window(49, 24), 150, 32),
     # head dim 96 takes the head-dim-128 row: 128-token query tiles forward, partial last tile
     (Neighborhood(Layout((13, 11)), 5), 143, 96),
 ])
@@ -431,12 +433,15 @@ def test_tile_table():
                 for p in (cfg.fwd, cfg.dkdv, cfg.dq):
                     for t in (p.block_m, p.block_n):
                         assert t >= 16 and t & (t - 1) == 0
+    # HWA 64 on its table's tiles: every visited tile is full. Every window that fits 64-token
+    # tiles gets a one-pass backward.
     hwa = tb.tile_config(Window(64), 64, torch.bfloat16)
-    # HWA 64 on its table's tiles: every visited tile is full, and the backward is one pass.
     for p in (hwa.fwd, hwa.dkdv):
         assert block_plan(Window(64), 4096, p.block_m, p.block_n).partial_share == 0
-    assert tb._tables(Window(64), 4096, hwa.dkdv.block_m, hwa.dkdv.block_n,
-                      torch.device("cpu"), True).one_to_one
+    for window in (Window(64), Window(16), Window(32)):
+        dkdv = tb.tile_config(window, 64, torch.bfloat16).dkdv
+        assert tb._tables(window, 4096, dkdv.block_m, dkdv.block_n, torch.device("cpu"),
+                          True).one_to_one
     for rule in tb.TILE_RULES:
         assert rule.why
 

@@ -97,6 +97,7 @@ class TileRule:
     dkdv: tuple[int, int, int, int]
     dq: tuple[int, int, int, int]
     why: str
+    aligned: Optional[bool] = None  # only windows that fit 64-token tiles (True) or straddle them
 
 
 _HALF = ("float16", "bfloat16")
@@ -106,14 +107,20 @@ _ALL = ("float16", "bfloat16", "float32")
 # ptxas -v for sm_90a (triton 3.8), the 4-vs-8-warp choices avoid them.
 TILE_RULES: tuple[TileRule, ...] = (
     TileRule(("Window",), 64, 64, _HALF, (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2),
-             "HWA window <= 64: every visited tile is full; 64x64 backward tiles make the plan "
-             "one-to-one on aligned windows, so dQ is fused into the dK/dV pass"),
+             "HWA windows that fit 64-token tiles (unshifted, dividing 64): 64x64 backward "
+             "tiles make the plan one-to-one, so dQ is fused into the dK/dV pass (and HWA 64 "
+             "visits full tiles only)", aligned=True),
+    TileRule(("Window",), 64, 64, _HALF, (64, 32, 4, 3), (32, 64, 4, 2), (64, 32, 4, 2),
+             "HWA windows that straddle 64-token tiles (49 tokens, shifted): no one-to-one "
+             "plan, so short backward tiles (swin224 backward kernels 0.307 -> 0.256 ms, "
+             "benchmarks/results/bwd_tiles_kernel_h100.json)"),
     TileRule(("Slide",), None, 64, _HALF, (64, 32, 4, 3), (32, 64, 4, 3), (64, 32, 4, 3),
              "1-D bands: short key tiles cut the wasted band corners; short query tiles in the "
              "dK/dV pass (HSA 169 backward 0.572 -> 0.509 ms, benchmarks/results/"
              "triton_dev_sweep_h100.log)"),
-    TileRule(("Window",), None, 64, _HALF, (64, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2),
-             "HWA windows past 64 tokens: full 64-token tiles, short key tiles forward"),
+    TileRule(("Window",), None, 64, _HALF, (64, 32, 4, 3), (32, 64, 4, 2), (64, 64, 4, 2),
+             "HWA windows past 64 tokens: full 64-token tiles, short key tiles forward "
+             "(HWA 256 backward kernels 0.296 -> 0.277 ms, bwd_tiles_kernel_h100.json)"),
     TileRule((), None, 64, _HALF, (64, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2),
              "2-D neighbourhoods, small heads: 64x64 tiles follow the curve's 8x8 blocks"),
     TileRule(("Window",), 64, 128, _HALF, (64, 64, 4, 3), (32, 64, 4, 2), (64, 32, 4, 2),
@@ -139,6 +146,11 @@ def _window_of(pattern) -> Optional[int]:
     return w if isinstance(w, int) else None
 
 
+def _fits_tiles(pattern, tile: int) -> bool:
+    """Whether every window of a ``Window`` pattern lies inside one ``tile``-token tile."""
+    return type(pattern).__name__ == "Window" and pattern.shift == 0 and tile % pattern.window == 0
+
+
 @lru_cache(maxsize=256)
 def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
     """The table's tiles for this (pattern kind, head dim, dtype)."""
@@ -149,6 +161,8 @@ def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
             continue
         if r.max_window is not None and (_window_of(pattern) is None
                                          or _window_of(pattern) > r.max_window):
+            continue
+        if r.aligned is not None and r.aligned != _fits_tiles(pattern, 64):
             continue
         if head_dim > r.max_dim or dname not in r.dtypes:
             continue
