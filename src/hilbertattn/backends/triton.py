@@ -97,7 +97,7 @@ class TileRule:
     dkdv: tuple[int, int, int, int]
     dq: tuple[int, int, int, int]
     why: str
-    aligned: Optional[bool] = None  # only windows that fit 64-token tiles (True) or straddle them
+    fitting_windows: bool = False  # only HWA windows that fit 64-token tiles (_fits_tiles)
 
 
 _HALF = ("float16", "bfloat16")
@@ -109,7 +109,7 @@ TILE_RULES: tuple[TileRule, ...] = (
     TileRule(("Window",), 64, 64, _HALF, (64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 2),
              "HWA windows that fit 64-token tiles (unshifted, dividing 64): 64x64 backward "
              "tiles make the plan one-to-one, so dQ is fused into the dK/dV pass (and HWA 64 "
-             "visits full tiles only)", aligned=True),
+             "visits full tiles only)", fitting_windows=True),
     TileRule(("Window",), 64, 64, _HALF, (64, 32, 4, 3), (32, 64, 4, 2), (64, 32, 4, 2),
              "HWA windows that straddle 64-token tiles (49 tokens, shifted): no one-to-one "
              "plan, so short backward tiles (swin224 backward kernels 0.307 -> 0.256 ms, "
@@ -124,7 +124,8 @@ TILE_RULES: tuple[TileRule, ...] = (
     TileRule((), None, 64, _HALF, (64, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2),
              "2-D neighbourhoods, small heads: 64x64 tiles follow the curve's 8x8 blocks"),
     TileRule(("Window",), 64, 128, _HALF, (64, 64, 4, 3), (32, 64, 4, 2), (64, 32, 4, 2),
-             "HWA window <= 64, head dim 128: 64-token query tiles, so every tile stays full"),
+             "HWA window <= 64, head dim 128: 64-token query tiles (128 would span two "
+             "windows)"),
     TileRule((), None, 128, _HALF, (128, 64, 4, 2), (32, 64, 4, 2), (64, 32, 4, 2),
              "head dim 128: 128-token query tiles on 4 warps halve the key/value reads that "
              "bound flux-4k (forward 14.7 -> 14.2 ms, tune_flux_tiles2_h100.json; 8 warps "
@@ -162,7 +163,7 @@ def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
         if r.max_window is not None and (_window_of(pattern) is None
                                          or _window_of(pattern) > r.max_window):
             continue
-        if r.aligned is not None and r.aligned != _fits_tiles(pattern, 64):
+        if r.fitting_windows and not _fits_tiles(pattern, 64):
             continue
         if head_dim > r.max_dim or dname not in r.dtypes:
             continue
