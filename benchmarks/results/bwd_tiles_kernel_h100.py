@@ -1,4 +1,7 @@
-"""Probe: GPU time of each backward kernel per tile configuration (profiler, no host noise)."""
+"""Probe: GPU time of each backward kernel per tile configuration (profiler, no host noise).
+
+Ran as ``PYTHONPATH=src python3 bwd_tiles_kernel_h100.py`` from the repository root at commit
+b192e2f (the tile table before the HWA-window change); wrote bwd_tiles_kernel_h100.json."""
 import json, os, torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
