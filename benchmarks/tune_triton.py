@@ -152,13 +152,14 @@ def bench_case(name: str, report: dict, bandwidth: float, descriptor_modes: tupl
     dkdv_times = {}
     for c in DKDV[d] if "dkdv" in passes else ():
         cfg = TileConfig(default.fwd, PassConfig(*c), default.dq)
-        dkdv_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
-    best_dkdv = PassConfig(*eval(min(dkdv_times, key=dkdv_times.get))) if dkdv_times else \
-        default.dkdv
+        dkdv_times[c] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
+    best_dkdv = PassConfig(*min(dkdv_times, key=dkdv_times.get)) if dkdv_times else default.dkdv
     dq_times = {}
     for c in DQ[d] if "dq" in passes else ():
         cfg = TileConfig(default.fwd, best_dkdv, PassConfig(*c))
-        dq_times[str(c)] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
+        dq_times[c] = fwdbwd(tri(cfg)) - row["triton_fwd_ms"]
+    dkdv_times, dq_times = ({str(c): t for c, t in times.items()}
+                            for times in (dkdv_times, dq_times))
     row.update(fwd_sweep=fwd_times, dkdv_sweep_bwd_ms=dkdv_times, dq_sweep_bwd_ms=dq_times)
     print(name, "fwd", fwd_times, "\n dkdv", dkdv_times, "\n dq", dq_times, flush=True)
     report["cases"].append(row)
