@@ -601,7 +601,6 @@ def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
         *sources, o, lse, *tables.args, *pass_bias.args(),
         *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         N, H, N, D, n_tiles, scale * _LOG2E,
-        QK_AHEAD=int(os.environ.get("HA_QK_AHEAD", "0")),
         **_pass_options(cfg, N, D, tables, pass_bias, q.dtype, tma))
     return o, lse
 

@@ -291,25 +291,12 @@ def _tile_scores(q, K, V, KC, b, h, kv_tile, slot,
 
 
 @triton.jit
-def _load_values(V, b, h, kv_tile, offs_n0, offs_d, stride_vn, stride_vd, N, D,
-                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_N: tl.constexpr,
-                 EVEN_D: tl.constexpr, TMA: tl.constexpr):
-    offs_n = kv_tile * BLOCK_N + offs_n0
-    return _load_tile(V, b, h, kv_tile * BLOCK_N, offs_n, stride_vn, stride_vd, offs_n < N,
-                      offs_d < D, BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
-
-
-@triton.jit
-def _masked_scores(s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr):
+def _softmax_step(acc, l_i, m_i, v, s, ok, MASKED: tl.constexpr, EVEN_N: tl.constexpr,
+                  DOT_PREC: tl.constexpr):
+    """One step of the online softmax over a key tile (``_tile_scores``' values, scores and
+    element mask)."""
     if MASKED or not EVEN_N:
         s = tl.where(ok, s, float("-inf"))
-    return s
-
-
-@triton.jit
-def _softmax_step(acc, l_i, m_i, v, s, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One step of the online softmax over a key tile: its values ``v`` and scores ``s``, -inf
-    where not attended (``_masked_scores``)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MASKED:
         # A row with nothing attended so far keeps m = -inf: shift by 0 instead (no inf - inf).
@@ -336,8 +323,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
                 A: tl.constexpr, PACKED: tl.constexpr, BIAS_AXES: tl.constexpr,
                 BIAS_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_D: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
-                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr,
-                QK_AHEAD: tl.constexpr):
+                EVEN_D: tl.constexpr, DOT_PREC: tl.constexpr, TMA: tl.constexpr):
     q_tile, bh, b, h = _program(n_tiles, H)
     Q = _at_head(Q, b, h, stride_qb, stride_qh, TMA)
     K = _at_head(K, b, h, stride_kb, stride_kh, TMA)
@@ -361,61 +347,27 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     n_full = tl.load(FULL_CNT + q_tile)
+    for t in range(0, n_full):
+        kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
+        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
+                                   lo0, span0, lo1, span1, lo2, span2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
     n_part = tl.load(PART_CNT + q_tile)
-    for masked in tl.static_range(2):
-        if masked:
-            IDX = PART_IDX + q_tile * stride_plan
-            count = n_part
-            slot0 = q_tile * bias_slots + n_full
-        else:
-            IDX = FULL_IDX + q_tile * stride_plan
-            count = n_full
-            slot0 = q_tile * bias_slots
-        if QK_AHEAD > masked:
-            # Scores of the next key tile are issued before this tile's softmax, so that the
-            # tensor cores work while the exponentials run.
-            kv_tile = tl.load(IDX, mask=count > 0, other=0)
-            _, _, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot0,
-                                       lo0, span0, lo1, span1, lo2, span2,
-                                       BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                       N, D, qk_scale, offs_n0, offs_d,
-                                       masked == 1, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M,
-                                       BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
-            s = _masked_scores(s, ok, masked == 1, EVEN_N)
-            for t in range(1, count):
-                next_tile = tl.load(IDX + t)
-                _, _, s_next, ok = _tile_scores(q, K, V, KC, b, h, next_tile, slot0 + t,
-                                                lo0, span0, lo1, span1, lo2, span2,
-                                                BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                                stride_kn, stride_kd, stride_vn, stride_vd,
-                                                stride_c, N, D, qk_scale, offs_n0, offs_d,
-                                                masked == 1, A, PACKED, BIAS_AXES, BIAS_TILES,
-                                                BLOCK_M, BLOCK_N, BLOCK_D, EVEN_N, EVEN_D,
-                                                DOT_PREC, TMA)
-                s_next = _masked_scores(s_next, ok, masked == 1, EVEN_N)
-                v = _load_values(V, b, h, kv_tile, offs_n0, offs_d, stride_vn, stride_vd, N, D,
-                                 BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
-                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, masked == 1, DOT_PREC)
-                s = s_next
-                kv_tile = next_tile
-            if count > 0:
-                v = _load_values(V, b, h, kv_tile, offs_n0, offs_d, stride_vn, stride_vd, N, D,
-                                 BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, TMA)
-                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, masked == 1, DOT_PREC)
-        else:
-            for t in range(0, count):
-                kv_tile = tl.load(IDX + t)
-                _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot0 + t,
-                                           lo0, span0, lo1, span1, lo2, span2,
-                                           BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                           N, D, qk_scale, offs_n0, offs_d,
-                                           masked == 1, A, PACKED, BIAS_AXES, BIAS_TILES,
-                                           BLOCK_M, BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, DOT_PREC,
-                                           TMA)
-                s = _masked_scores(s, ok, masked == 1, EVEN_N)
-                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, masked == 1, DOT_PREC)
+    for t in range(0, n_part):
+        kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
+        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
+                                   lo0, span0, lo1, span1, lo2, span2,
+                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                   N, D, qk_scale, offs_n0, offs_d,
+                                   True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
