@@ -97,7 +97,7 @@ class TileRule:
     dkdv: tuple[int, int, int, int]
     dq: tuple[int, int, int, int]
     why: str
-    fitting_windows: bool = False  # only HWA windows that fit 64-token tiles (_fits_tiles)
+    fitting_windows: bool = False  # only HWA windows that fit the rule's dK/dV tiles (_fits_tiles)
 
 
 _HALF = ("float16", "bfloat16")
@@ -147,9 +147,11 @@ def _window_of(pattern) -> Optional[int]:
     return w if isinstance(w, int) else None
 
 
-def _fits_tiles(pattern, tile: int) -> bool:
-    """Whether every window of a ``Window`` pattern lies inside one ``tile``-token tile."""
-    return type(pattern).__name__ == "Window" and pattern.shift == 0 and tile % pattern.window == 0
+def _fits_tiles(pattern, tiles: tuple[int, ...]) -> bool:
+    """Whether every window of a ``Window`` pattern lies inside one tile of each size in
+    ``tiles`` (query and key tokens)."""
+    return (type(pattern).__name__ == "Window" and pattern.shift == 0
+            and all(t % pattern.window == 0 for t in tiles))
 
 
 @lru_cache(maxsize=256)
@@ -163,7 +165,7 @@ def tile_config(pattern, head_dim: int, dtype: torch.dtype) -> TileConfig:
         if r.max_window is not None and (_window_of(pattern) is None
                                          or _window_of(pattern) > r.max_window):
             continue
-        if r.fitting_windows and not _fits_tiles(pattern, 64):
+        if r.fitting_windows and not _fits_tiles(pattern, r.dkdv[:2]):
             continue
         if head_dim > r.max_dim or dname not in r.dtypes:
             continue
