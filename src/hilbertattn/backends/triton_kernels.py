@@ -249,6 +249,23 @@ def _bias_index(qc0, qc1, qc2, kc0, kc1, kc2, r0, r1, r2, w1, w2, BIAS_AXES: tl.
     return idx
 
 
+@triton.jit
+def _plan_row(FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan, row, bias_slots,
+              PARTIAL: tl.constexpr):
+    """Visits of plan row ``row``, its full tiles or (``PARTIAL``) its partial ones: pointer to
+    their tile indices, their count, and the bias slot of the first (full tiles come first)."""
+    n_full = tl.load(FULL_CNT + row)
+    if PARTIAL:
+        idx = PART_IDX + row * stride_plan
+        count = tl.load(PART_CNT + row)
+        slot0 = row * bias_slots + n_full
+    else:
+        idx = FULL_IDX + row * stride_plan
+        count = n_full
+        slot0 = row * bias_slots
+    return idx, count, slot0
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -346,28 +363,19 @@ def _fwd_kernel(Q, K, V, O, LSE, QLO, QHI, KC,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    n_full = tl.load(FULL_CNT + q_tile)
-    for t in range(0, n_full):
-        kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
-                                   lo0, span0, lo1, span1, lo2, span2,
-                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                   N, D, qk_scale, offs_n0, offs_d,
-                                   False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
-        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, False, EVEN_N, DOT_PREC)
-    n_part = tl.load(PART_CNT + q_tile)
-    for t in range(0, n_part):
-        kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
-                                   lo0, span0, lo1, span1, lo2, span2,
-                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                   N, D, qk_scale, offs_n0, offs_d,
-                                   True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
-        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, True, EVEN_N, DOT_PREC)
+    for partial in tl.static_range(2):  # full tiles (no mask), then partial ones
+        IDX, count, slot0 = _plan_row(FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                                      q_tile, bias_slots, partial)
+        for t in range(0, count):
+            kv_tile = tl.load(IDX + t)
+            _, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot0 + t,
+                                       lo0, span0, lo1, span1, lo2, span2,
+                                       BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                       N, D, qk_scale, offs_n0, offs_d,
+                                       partial, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M,
+                                       BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, v, s, ok, partial, EVEN_N, DOT_PREC)
 
     # Rows inside the sequence always attend at least themselves; padded rows are not stored.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -509,28 +517,19 @@ def _bwd_dkdv_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, QLO, QHI, KC,
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
-    n_full = tl.load(FULL_CNT + kv_tile)
-    for t in range(0, n_full):
-        q_tile = tl.load(FULL_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile,
-                            kv_tile * bias_slots + t,
-                            c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
-                            stride_qn, stride_qd, stride_don, stride_dod,
-                            stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
-                            qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
-    n_part = tl.load(PART_CNT + kv_tile)
-    for t in range(0, n_part):
-        q_tile = tl.load(PART_IDX + kv_tile * stride_plan + t)
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile,
-                            kv_tile * bias_slots + n_full + t,
-                            c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
-                            stride_qn, stride_qd, stride_don, stride_dod,
-                            stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
-                            qk_scale, sm_scale, offs_m0, offs_d, n_ok,
-                            True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N, BLOCK_D,
-                            EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
+    for partial in tl.static_range(2):  # full tiles (no mask), then partial ones
+        IDX, count, slot0 = _plan_row(FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                                      kv_tile, bias_slots, partial)
+        for t in range(0, count):
+            q_tile = tl.load(IDX + t)
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, O, DQ, LSE, DELTA, QLO, QHI, b, h, q_tile,
+                                slot0 + t,
+                                c0, c1, c2, BIAS, DBIAS, BC, kb0, kb1, kb2, r0, r1, r2, w1, w2,
+                                stride_qn, stride_qd, stride_don, stride_dod,
+                                stride_on, stride_od, stride_dqn, stride_dqd, stride_c, N, D,
+                                qk_scale, sm_scale, offs_m0, offs_d, n_ok,
+                                partial, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
+                                BLOCK_D, EVEN_M, EVEN_N, EVEN_D, DOT_PREC, FUSED_DQ, TMA)
 
     dk = dk * sm_scale
     _store_2d(DK + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -601,28 +600,19 @@ def _bwd_dq_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, QLO, QHI, KC,
     qb0, qb1, qb2 = _load_rows(BC, stride_c, offs_m, m_ok, BIAS_AXES)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    n_full = tl.load(FULL_CNT + q_tile)
-    for t in range(0, n_full):
-        kv_tile = tl.load(FULL_IDX + q_tile * stride_plan + t)
-        k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + t,
-                                   lo0, span0, lo1, span1, lo2, span2,
-                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                   N, D, qk_scale, offs_n0, offs_d,
-                                   False, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
-        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, False, EVEN_N, DOT_PREC)
-    n_part = tl.load(PART_CNT + q_tile)
-    for t in range(0, n_part):
-        kv_tile = tl.load(PART_IDX + q_tile * stride_plan + t)
-        k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, q_tile * bias_slots + n_full + t,
-                                   lo0, span0, lo1, span1, lo2, span2,
-                                   BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
-                                   N, D, qk_scale, offs_n0, offs_d,
-                                   True, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M, BLOCK_N,
-                                   BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
-        dq = _dq_step(dq, do, lse, delta, k, v, s, ok, True, EVEN_N, DOT_PREC)
+    for partial in tl.static_range(2):  # full tiles (no mask), then partial ones
+        IDX, count, slot0 = _plan_row(FULL_CNT, FULL_IDX, PART_CNT, PART_IDX, stride_plan,
+                                      q_tile, bias_slots, partial)
+        for t in range(0, count):
+            kv_tile = tl.load(IDX + t)
+            k, v, s, ok = _tile_scores(q, K, V, KC, b, h, kv_tile, slot0 + t,
+                                       lo0, span0, lo1, span1, lo2, span2,
+                                       BIAS, BC, qb0, qb1, qb2, r0, r1, r2, w1, w2,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_c,
+                                       N, D, qk_scale, offs_n0, offs_d,
+                                       partial, A, PACKED, BIAS_AXES, BIAS_TILES, BLOCK_M,
+                                       BLOCK_N, BLOCK_D, EVEN_N, EVEN_D, DOT_PREC, TMA)
+            dq = _dq_step(dq, do, lse, delta, k, v, s, ok, partial, EVEN_N, DOT_PREC)
 
     dq = dq * sm_scale
     _store_2d(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :] * stride_dqd,
