@@ -6,6 +6,8 @@
 # MODEL_ARG, one more KEY=VALUE passed to every model (e.g. "depths=(2, 6, 2)"); TRAIN_ARGS,
 # more train options appended to the recipe, the later ones winning
 # (e.g. "--lr 2e-3 --warmup-epochs 2").
+# Run again with the same arguments, it skips finished runs (summary.json) and continues the others
+# from their last checkpoint, so a run cut short loses at most one epoch.
 set -euo pipefail
 data=$1 out=$2 epochs=$3
 shift 3
@@ -23,8 +25,11 @@ for seed in "$@"; do
             args=(--model-arg "${run#*:}")
             name=${model}_${run#*=}  # nat_cifar:layout=hilbert -> nat_cifar_hilbert
         fi
+        dir=$out/$name-s$seed
+        [[ -f $dir/summary.json ]] && echo "$dir: finished, skipped" && continue
+        [[ -f $dir/checkpoint.pt ]] && args+=(--resume "$dir/checkpoint.pt")
         hilbertattn train --model "$model" "${args[@]}" "${recipe[@]}" --seed "$seed" \
-            --out "$out/$name-s$seed" &
+            --out "$dir" &
     done
 done
 wait
