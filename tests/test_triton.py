@@ -311,7 +311,7 @@ def test_unaligned_inputs_fall_back_to_pointer_loads(monkeypatch):
     tb = _backend()
     monkeypatch.setattr(tb, "TENSOR_DESCRIPTORS", True)
     x = torch.randn(1, 2, 40, 24)
-    big = tb.DESCRIPTOR_MIN_PRODUCTS
+    big = 2 * tb.DESCRIPTOR_MIN_PRODUCTS_PER_INPUT  # enough for two inputs
     assert tb._use_descriptors((x, x), 1)
     assert not tb._use_descriptors((x, x[..., ::2]), big)  # stride 2 along D
     assert not tb._use_descriptors((x, torch.randn(1, 2, 40, 27)[..., :24]), big)  # 108-byte rows
@@ -321,6 +321,7 @@ def test_unaligned_inputs_fall_back_to_pointer_loads(monkeypatch):
     monkeypatch.setattr(tb, "_has_copy_engine", lambda device: True)
     assert tb._use_descriptors((x, x), big)
     assert not tb._use_descriptors((x, x), big - 1)  # small passes: the host cost dominates
+    assert not tb._use_descriptors((x,) * 5, big)  # each input's descriptor costs host time
 
 
 def test_head_dim_16_and_rowmajor_layout():

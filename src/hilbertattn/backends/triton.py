@@ -507,17 +507,20 @@ def _dot_prec(dtype: torch.dtype) -> str:
 
 # Whether the kernels read their inputs through tensor descriptors (the copy engine of Hopper
 # and newer GPUs) instead of per-thread pointer loads. None: on a device with the engine, for
-# passes of at least DESCRIPTOR_MIN_PRODUCTS, where the inputs' strides allow it; True / False:
-# wherever the strides allow it / never (the tests force the descriptor path under the
-# interpreter).
+# passes of at least DESCRIPTOR_MIN_PRODUCTS_PER_INPUT per input, where the inputs' strides
+# allow it; True / False: wherever the strides allow it / never (the tests force the
+# descriptor path under the interpreter).
 TENSOR_DESCRIPTORS: Optional[bool] = None
-# Descriptors are encoded on the host at every launch: on the H100 machine a forward call cost
-# 65-110 us more host time with them, while the kernels ran 5-8% faster on the large cases
-# (13x13 NA at 256x256: 0.42 ms; flux-4k: 15 ms; benchmarks/results/descriptor_cost_h100.json).
-# So a pass uses them from this many score products on (visited tiles x batch x heads x
-# block_m x block_n x padded head dim; the 13x13 NA forward above has 1.85e10), below which
-# the launch cost is not hidden behind the GPU's time.
-DESCRIPTOR_MIN_PRODUCTS = 1 << 34
+# Descriptors are encoded on the host at every launch, one per input: on the H100 machine a
+# forward call (3 inputs) cost 65-110 us more host time with them, while the kernels ran 5-8%
+# faster on the large cases (13x13 NA at 256x256: 0.42 ms; flux-4k: 15 ms;
+# benchmarks/results/descriptor_cost_h100.json). So a pass uses them from this many score
+# products per input on (visited tiles x batch x heads x block_m x block_n x padded head dim),
+# below which the launch cost is not hidden behind the GPU's time. The 13x13 NA's passes have
+# 1.85e10 each: its forward (3 inputs) uses them; its backward passes (5 inputs each) do not,
+# where ten descriptors took about 0.9 ms of host time against 0.8 ms of kernels
+# (benchmarks/results/na_host_before_h100.json).
+DESCRIPTOR_MIN_PRODUCTS_PER_INPUT = (1 << 34) // 3
 
 
 @lru_cache(maxsize=16)
@@ -529,7 +532,7 @@ def _use_descriptors(xs: tuple[Tensor, ...], products: int) -> bool:
     """Whether a pass computing ``products`` score products reads ``xs`` through descriptors."""
     if TensorDescriptor is None or TENSOR_DESCRIPTORS is False:
         return False
-    if TENSOR_DESCRIPTORS is None and (products < DESCRIPTOR_MIN_PRODUCTS
+    if TENSOR_DESCRIPTORS is None and (products < DESCRIPTOR_MIN_PRODUCTS_PER_INPUT * len(xs)
                                        or not _has_copy_engine(xs[0].device)):
         return False
     # The engine needs 16-byte aligned addresses and strides, and unit stride along D.
