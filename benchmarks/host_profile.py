@@ -5,11 +5,11 @@
 For each case: the wall time per call of back-to-back calls (forward without grad, forward +
 backward); then the forward's launch taken apart, each layer timed alone with the arguments of
 a real call: the whole ``ha.attention`` call, the backend's entry ``triton_attention``, its
-launcher (keyed: straight to the compiled kernel), Triton's ``JITFunction.run`` (binding, cache
+prepared pass (straight to the compiled kernel), Triton's ``JITFunction.run`` (binding, cache
 lookup, launch) and the compiled kernel's own launcher;
 then ``cProfile`` of the forward+backward loop, sorted by own and by cumulative time. Small calls
 (the 256x256 HWA 64 window: ~0.1 ms on the H100) are bound by this time, so it shows what to
-trim: hilbertattn's launcher, Triton's argument binding, or autograd.
+trim: hilbertattn's passes, Triton's argument binding, or autograd.
 ``--smoke`` runs a tiny case on the CPU through the Triton interpreter (a dry run of the script).
 """
 
@@ -35,11 +35,11 @@ from hilbertattn.backends import triton_kernels as tk  # noqa: E402
 
 def last_launch(kernel, call):
     """The ``(args, kwargs)`` with which ``call()`` launches ``kernel`` through Triton (the
-    backend's launcher forgets its keys first, so that it does)."""
+    backend's prepared passes are dropped first, so that it does)."""
     seen = []
     run = kernel.run
     kernel.run = lambda *args, **kwargs: seen.append((args, kwargs)) or run(*args, **kwargs)
-    tb._fwd_kernel.compiled.clear()
+    tb._forward_pass.cache_clear()
     try:
         call()
     finally:
@@ -81,9 +81,12 @@ def launch_layers(q, k, v, pattern, calls: int) -> dict[str, float]:
         layers = {"ha.attention": per_call_ms(attention, calls),
                   "triton_attention": per_call_ms(entry, calls)}
         args, kwargs = last_launch(tk._fwd_kernel, entry)
-    constexprs = {n: x for n, x in kwargs.items() if n not in ("grid", "warmup")}
-    layers["backend launcher"] = per_call_ms(
-        lambda: tb._fwd_kernel(kwargs["grid"][0], *args, **constexprs), calls)
+    o, lse = torch.empty_like(q), torch.empty(q.shape[:3], device=q.device)
+    tiles = tb._tiles_handle(None, pattern.key, q.shape[-1], q.dtype)
+    run = tb._forward_pass(pattern.key, tiles, q.shape, (q.stride(), k.stride(), v.stride(),
+                                                         o.stride()), q.dtype, q.device, scale)
+    no_bias = tb._NO_BIAS.for_pass(q, run.config.block_m, run.config.block_n)
+    layers["backend pass"] = per_call_ms(lambda: run((q, k, v), (o, lse), no_bias), calls)
     layers["JITFunction.run"] = per_call_ms(lambda: tk._fwd_kernel.run(*args, **kwargs), calls)
     if torch.cuda.is_available():  # the compiled kernel's launcher (Triton 3.x internals)
         compiled = tk._fwd_kernel.run(*args, **{**kwargs, "warmup": True})

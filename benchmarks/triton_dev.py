@@ -238,12 +238,16 @@ def time_bwd_only(pat, sets, scale, cfg, rep_ms=200):
     """Backward passes alone (delta + dK/dV + dQ) for a TileConfig, forward done beforehand."""
     prepared = []
     for q, k, v in sets[:2]:
-        no_bias = tb._BiasArgs.of(None, pat)
-        o, lse = tb._forward(q, k, v, no_bias, pat, scale,
-                             tb.tile_config(pat, q.shape[-1], q.dtype).fwd)
-        prepared.append((torch.randn_like(o), q, k, v, o, lse, no_bias))
+        tiles = tb._tiles_handle(cfg, pat.key, q.shape[-1], q.dtype)
+        o, lse = tb._forward(q, k, v, tb._NO_BIAS, pat.key, scale, tiles, False)
+        prepared.append((torch.randn_like(o), q, k, v, o, lse, tb._NO_BIAS, tiles))
     nxt = rotating(prepared)
-    return bench(lambda: tb._backward(*nxt(), pat, scale, cfg), rep_ms)
+
+    def fn():
+        *args, tiles = nxt()
+        tb._backward(*args, pat.key, scale, tiles)
+
+    return bench(fn, rep_ms)
 
 
 def time_sdpa(sets, fwd_bwd=False, rep_ms=400):

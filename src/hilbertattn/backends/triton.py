@@ -402,8 +402,10 @@ class _BiasArgs(NamedTuple):
     @classmethod
     def of(cls, bias, pattern) -> "_BiasArgs":
         if bias is None:
-            return cls(None, None, (), pattern)
+            return _NO_BIAS
         table = bias.table.detach().float().flatten(1).contiguous()
+        if table.data_ptr() % 16:  # the passes' compiled kernels assume aligned bias tensors
+            table = table.clone()
         return cls(table, _content(bias.coords), bias.radius, pattern)
 
     def for_pass(self, q: Tensor, block_m: int, block_n: int,
@@ -424,73 +426,12 @@ class _BiasArgs(NamedTuple):
         return _PassBias(self.table, rows, 0, radii, axes, None)
 
 
+_NO_BIAS = _BiasArgs(None, None, (), None)  # no bias: every pass's no-op
+
+
 # ----------------------------------------------------------------------------------------------
-# Launchers
+# Passes
 # ----------------------------------------------------------------------------------------------
-
-
-class _Launcher:
-    """Launches one jitted kernel, ``launcher(grid, *args, **constexprs_and_options)``.
-
-    Triton binds and specializes every argument at every launch: ~45 us of host time for our
-    ~50 arguments on the H100 machine, where a small pass runs on the GPU in ~0.1 ms. A launch
-    whose arguments have the key of an earlier one (ints by value, tensors by dtype and 16-byte
-    alignment, the constexprs and options: at least as fine as Triton's specialization) reuses
-    that launch's compiled kernel and calls its launcher directly. Launches with anything else
-    (tensor descriptors), under the interpreter, or while a launch hook is set (profilers) go
-    through Triton's own path. The direct call is Triton's own launch call (3.6 to 3.8).
-    """
-
-    MAX_KEYS = 1024  # distinct keys kept (every new sequence length makes one)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.compiled: dict[tuple, object] = {}
-
-    def __call__(self, grid: int, *args, **constexprs) -> None:
-        fn = getattr(_k, self.name)
-        device = torch.cuda.current_device() if isinstance(fn, triton.JITFunction) else None
-        key = None if device is None else _launch_key(device, args, constexprs)
-        kernel = None if key is None else self.compiled.get(key)
-        if kernel is None or _hooked():
-            kernel = fn[(grid,)](*args, **constexprs)
-            if key is not None:
-                if len(self.compiled) >= self.MAX_KEYS:
-                    self.compiled.clear()
-                self.compiled[key] = kernel
-            return
-        constants = [constexprs[name] for name in fn.arg_names[len(args):]]
-        kernel.run(grid, 1, 1, _current_stream(device), kernel.function, kernel.packed_metadata,
-                   None, None, None, *args, *constants)
-
-
-def _current_stream(device: int) -> int:
-    return triton.runtime.driver.active.get_current_stream(device)
-
-
-def _hooked() -> bool:
-    """Whether a launch hook is set (Triton keeps them in chains, empty by default)."""
-    hooks = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
-    return any(h is not None and getattr(h, "calls", True) for h in hooks)
-
-
-_NUMBERS = (int, bool, float)  # taken by value (finer than Triton's specialization, and cheap)
-
-
-def _launch_key(device: int, args: tuple, constexprs: dict) -> Optional[tuple]:
-    """What decides the compiled kernel of a launch on ``device`` (see ``_Launcher``); None:
-    not keyed. The arguments are numbers and tensors, or tensor descriptors when ``TMA`` is
-    set."""
-    if constexprs.get("TMA"):
-        return None  # descriptors are specialized on more than their type
-    # Numbers first: isinstance(a, Tensor) costs more than the rest of an argument's key.
-    return (device, *constexprs.values(),
-            *[a if type(a) in _NUMBERS else (a.dtype, a.data_ptr() % 16 == 0) for a in args])
-
-
-_fwd_kernel = _Launcher("_fwd_kernel")
-_bwd_dq_kernel = _Launcher("_bwd_dq_kernel")
-_bwd_dkdv_kernel = _Launcher("_bwd_dkdv_kernel")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -552,12 +493,140 @@ def _sources(xs: tuple[Tensor, ...], rows: tuple[int, ...], block_d: int,
                  for x, r in zip(xs, rows)), True
 
 
-def _backward_sources(q, k, v, o, do, cfg: PassConfig, block_d: int,
-                      tile_visits: int) -> tuple[tuple, bool]:
-    """``_sources`` of a backward pass (q, o, dO in query tiles, k, v in key tiles) that makes
-    ``tile_visits`` tile visits over the batch and heads."""
-    m, n = cfg.block_m, cfg.block_n
-    return _sources((q, k, v, o, do), (m, n, n, m, m), block_d, tile_visits * m * n * block_d)
+def _current_stream(device: int) -> int:
+    return triton.runtime.driver.active.get_current_stream(device)
+
+
+def _hooked() -> bool:
+    """Whether a launch hook is set (Triton keeps them in chains, empty by default)."""
+    hooks = (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook)
+    return any(h is not None and getattr(h, "calls", True) for h in hooks)
+
+
+def _aligned(xs: tuple[Tensor, ...]) -> bool:
+    return not any(x.data_ptr() % 16 for x in xs)
+
+
+class _Pass:
+    """One pass of one kind of call: its kernel bound to all that the call's pattern, tiles,
+    shapes, strides, dtype, device and scale fix (grid, plan tables, integer arguments,
+    constexprs). Built once per such kind (``_forward_pass``, ``_backward_passes``); a call
+    then adds its tensors and its bias, and launches.
+
+    Triton binds and specializes every argument at every launch: ~45 us of host time for our
+    ~50 arguments on the H100 machine, where a small pass runs on the GPU in ~0.1 ms. Here the
+    only things Triton specializes on that a call can still change are its inputs' 16-byte
+    alignment and the bias's form and integers (the bias tensors are made aligned). So once
+    Triton has launched the pass with aligned inputs and some bias form, later such calls go
+    straight to the compiled kernel's launcher (Triton's own launch call, 3.6 to 3.8). Inputs
+    read through tensor descriptors, misaligned inputs, the interpreter and launch hooks
+    (profilers) go through Triton's own path.
+    """
+
+    def __init__(self, kernel: str, config: PassConfig, grid: int, tables: _Tables,
+                 ints: tuple, options: dict, rows: tuple[int, ...], products: int) -> None:
+        self.kernel, self.config, self.grid = kernel, config, grid
+        self.tables, self.ints, self.options = tables.args, ints, options
+        self.rows, self.products = rows, products  # the inputs' tile rows; score products
+        # (device, the bias's form and integers) -> (compiled kernel, constexpr values)
+        self.compiled: dict[tuple, tuple] = {}
+
+    def __call__(self, inputs: tuple[Tensor, ...], outputs: tuple[Tensor, ...],
+                 pass_bias: _PassBias, bias_args: Optional[tuple] = None) -> None:
+        """Launch on ``inputs`` (read in tiles, perhaps through descriptors), then
+        ``outputs`` (the kernel's tensor arguments up to its plan tables) and the bias
+        arguments (``pass_bias.args()`` unless given)."""
+        fn = getattr(_k, self.kernel)
+        bias_args = pass_bias.args() if bias_args is None else bias_args
+        sources, tma = _sources(inputs, self.rows, self.options["BLOCK_D"], self.products)
+        args = (*sources, *outputs, *self.tables, *bias_args, *self.ints)
+        direct = not tma and isinstance(fn, triton.JITFunction) and _aligned(inputs)
+        if direct:
+            device = torch.cuda.current_device()
+            key = (device, pass_bias.axes, pass_bias.tiles,
+                   *[a for a in bias_args if type(a) is int])
+            entry = self.compiled.get(key)
+            if entry is not None and not _hooked():
+                kernel, constants = entry
+                kernel.run(self.grid, 1, 1, _current_stream(device), kernel.function,
+                           kernel.packed_metadata, None, None, None, *args, *constants)
+                return
+        constexprs = dict(self.options, BIAS_AXES=pass_bias.axes, BIAS_TILES=pass_bias.tiles,
+                          TMA=tma)
+        kernel = fn[(self.grid,)](*args, **constexprs)
+        if direct:
+            self.compiled[key] = kernel, [constexprs[n] for n in fn.arg_names[len(args):]]
+
+
+def _pass_options(c: PassConfig, n: int, d: int, tables: _Tables, dtype: torch.dtype,
+                  **extra) -> dict:
+    """The constexprs and launch options of a pass with tiles ``c`` over ``n`` tokens of head
+    dim ``d``, its tables and inputs of ``dtype`` (the bias's and ``TMA`` are set per call)."""
+    bd = _block_d(d)
+    return dict(A=tables.axes, PACKED=tables.packed, BLOCK_M=c.block_m, BLOCK_N=c.block_n,
+                BLOCK_D=bd, EVEN_M=n % c.block_m == 0, EVEN_N=n % c.block_n == 0,
+                EVEN_D=bd == d, DOT_PREC=_dot_prec(dtype), num_warps=c.num_warps,
+                num_stages=c.num_stages, **extra)
+
+
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides of a contiguous tensor of ``shape``."""
+    out = [1]
+    for size in reversed(shape[1:]):
+        out.insert(0, out[0] * size)
+    return tuple(out)
+
+
+@lru_cache(maxsize=256)
+def _forward_pass(pattern: int, tiles: int, shape: tuple[int, ...], strides: tuple[tuple, ...],
+                  dtype: torch.dtype, device: torch.device, scale: float) -> _Pass:
+    """The forward pass over ``[B, H, N, D]`` inputs, ``strides`` those of q, k, v and o."""
+    B, H, N, D = shape
+    c = _TILE_CONFIGS[tiles].fwd
+    tables = _tables_of_key(pattern, N, c.block_m, c.block_n, device, False)
+    n_tiles = _cdiv(N, c.block_m)
+    ints = (*(s for st in strides for s in st), N, H, N, D, n_tiles, scale * _LOG2E)
+    return _Pass("_fwd_kernel", c, n_tiles * B * H, tables, ints,
+                 _pass_options(c, N, D, tables, dtype), (c.block_m, c.block_n, c.block_n),
+                 tables.visits * B * H * c.block_m * c.block_n * _block_d(D))
+
+
+def _backward_rows(c: PassConfig) -> tuple[int, ...]:
+    """A backward pass's tile rows of q, k, v, o and dO (q, o, dO in query tiles)."""
+    return c.block_m, c.block_n, c.block_n, c.block_m, c.block_m
+
+
+@lru_cache(maxsize=256)
+def _backward_passes(pattern: int, tiles: int, shape: tuple[int, ...],
+                     strides: tuple[tuple, ...], dtype: torch.dtype, device: torch.device,
+                     scale: float) -> tuple[Optional[_Pass], _Pass]:
+    """The dQ pass (None where the dK/dV pass completes dQ) and the dK/dV pass over
+    ``[B, H, N, D]`` inputs, ``strides`` those of q, k, v, o and dO (the gradients are
+    contiguous)."""
+    B, H, N, D = shape
+    cfg = _TILE_CONFIGS[tiles]
+    ints = (*(s for st in strides for s in st), *_strides(shape))
+    c = cfg.dkdv
+    tables = _tables_of_key(pattern, N, c.block_m, c.block_n, device, True)
+    # One key tile per query tile (e.g. HWA windows on tile boundaries): dK/dV's pass completes
+    # dQ as well, and the dQ pass (which re-reads q, k, v, o, dO) is skipped.
+    fused = tables.one_to_one
+    n_tiles = _cdiv(N, c.block_n)
+    dkdv = _Pass("_bwd_dkdv_kernel", c, n_tiles * B * H, tables,
+                 (*ints, *_strides(shape), *_strides(shape),
+                  N, H, N, D, n_tiles, scale * _LOG2E, scale),
+                 _pass_options(c, N, D, tables, dtype, FUSED_DQ=fused), _backward_rows(c),
+                 tables.visits * B * H * c.block_m * c.block_n * _block_d(D))
+    if fused:
+        return None, dkdv
+    c = cfg.dq
+    tables = _tables_of_key(pattern, N, c.block_m, c.block_n, device, False)
+    n_tiles = _cdiv(N, c.block_m)
+    dq = _Pass("_bwd_dq_kernel", c, n_tiles * B * H, tables,
+               (*ints, N, H, N, D, n_tiles, scale * _LOG2E, scale),
+               _pass_options(c, N, D, tables, dtype), _backward_rows(c),
+               tables.visits * B * H * c.block_m * c.block_n * _block_d(D))
+    return dq, dkdv
 
 
 def _token_major(q: Tensor) -> bool:
@@ -577,94 +646,51 @@ def _empty_output(q: Tensor, token_major: bool) -> Tensor:
     return q.new_empty((B, H, N, D))
 
 
-def _pass_options(c: PassConfig, n: int, d: int, tables: _Tables, pass_bias: _PassBias,
-                  dtype: torch.dtype, tma: bool) -> dict:
-    """The constexprs and launch options that every pass takes: tiles ``c`` over ``n`` tokens
-    of head dim ``d``, the pass's tables and bias, inputs of ``dtype`` read through descriptors
-    if ``tma``."""
-    bd = _block_d(d)
-    return dict(A=tables.axes, PACKED=tables.packed, BIAS_AXES=pass_bias.axes,
-                BIAS_TILES=pass_bias.tiles, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_D=bd,
-                EVEN_M=n % c.block_m == 0, EVEN_N=n % c.block_n == 0, EVEN_D=bd == d,
-                DOT_PREC=_dot_prec(dtype), TMA=tma, num_warps=c.num_warps,
-                num_stages=c.num_stages)
-
-
-def _forward(q, k, v, bias: _BiasArgs, pattern, scale: float, cfg: PassConfig,
-             token_major: bool):
-    B, H, N, D = q.shape
-    tables = _tables(pattern, N, cfg.block_m, cfg.block_n, q.device)
-    pass_bias = bias.for_pass(q, cfg.block_m, cfg.block_n)
+def _forward(q, k, v, bias: _BiasArgs, pattern: int, scale: float, tiles: int,
+             token_major: bool) -> tuple[Tensor, Tensor]:
     o = _empty_output(q, token_major)
-    lse = torch.empty((B, H, N), dtype=torch.float32, device=q.device)
-    n_tiles = _cdiv(N, cfg.block_m)
-    bd = _block_d(D)
-    sources, tma = _sources((q, k, v), (cfg.block_m, cfg.block_n, cfg.block_n), bd,
-                            tables.visits * B * H * cfg.block_m * cfg.block_n * bd)
-    _fwd_kernel(
-        n_tiles * B * H,
-        *sources, o, lse, *tables.args, *pass_bias.args(),
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        N, H, N, D, n_tiles, scale * _LOG2E,
-        **_pass_options(cfg, N, D, tables, pass_bias, q.dtype, tma))
+    lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+    launch = _forward_pass(pattern, tiles, q.shape, (q.stride(), k.stride(), v.stride(),
+                                                     o.stride()), q.dtype, q.device, scale)
+    c = launch.config
+    launch((q, k, v), (o, lse), bias.for_pass(q, c.block_m, c.block_n))
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern, scale: float, cfg: TileConfig):
+def _backward(do, q, k, v, o, lse, bias: _BiasArgs, pattern: int, scale: float, tiles: int):
     """dQ, dK, dV and the bias table's gradient (fp32 ``[heads, T]``, or None)."""
     B, H, N, D = q.shape
-    dev = q.device
-    bd = _block_d(D)
-    dq = torch.empty((B, H, N, D), dtype=q.dtype, device=dev)
-    dk = torch.empty((B, H, N, D), dtype=k.dtype, device=dev)
-    dv = torch.empty((B, H, N, D), dtype=v.dtype, device=dev)
+    do = do.to(q.dtype)  # autograd hands the output's dtype; the passes are built for one
+    dq_pass, dkdv_pass = _backward_passes(
+        pattern, tiles, q.shape, (q.stride(), k.stride(), v.stride(), o.stride(), do.stride()),
+        q.dtype, q.device, scale)
+    dq, dk, dv = (q.new_empty(q.shape) for _ in range(3))
+    inputs = (q, k, v, o, do)
+    delta = lse  # not read where dQ is fused into the dK/dV pass
+    if dq_pass is not None:
+        delta = torch.empty_like(lse)  # written by the dQ pass
+        c = dq_pass.config
+        dq_pass(inputs, (lse, delta, dq), bias.for_pass(q, c.block_m, c.block_n))
 
-    c = cfg.dkdv
-    dkdv_tables = _tables(pattern, N, c.block_m, c.block_n, dev, transposed=True)
-    # One key tile per query tile (e.g. HWA windows on tile boundaries): dK/dV's pass completes
-    # dQ as well, and the dQ pass (which re-reads q, k, v, o, dO) is skipped.
-    fused = dkdv_tables.one_to_one
-    if fused:
-        delta = lse  # not read
-    else:
-        delta = torch.empty((B, H, N), dtype=torch.float32, device=dev)  # written by dq
-        c = cfg.dq
-        tables = _tables(pattern, N, c.block_m, c.block_n, dev)
-        pass_bias = bias.for_pass(q, c.block_m, c.block_n)
-        n_tiles = _cdiv(N, c.block_m)
-        sources, tma = _backward_sources(q, k, v, o, do, c, bd, tables.visits * B * H)
-        _bwd_dq_kernel(
-            n_tiles * B * H,
-            *sources, lse, delta, dq, *tables.args, *pass_bias.args(),
-            *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
-            N, H, N, D, n_tiles, scale * _LOG2E, scale,
-            **_pass_options(c, N, D, tables, pass_bias, q.dtype, tma))
-
-    c = cfg.dkdv
+    c = dkdv_pass.config
     n_tiles = _cdiv(N, c.block_n)
     pass_bias = bias.for_pass(q, c.block_m, c.block_n, transposed=True)
     values, coords, stride_bias, bias_slots, *radii = pass_bias.args()
     dbias, n_slots = None, 1
     if pass_bias.tiles:
-        dbias = torch.zeros(values.shape, dtype=torch.float32, device=dev)
+        dbias = torch.zeros(values.shape, dtype=torch.float32, device=q.device)
     elif pass_bias.axes:
         per_slot = B * values.numel() * 4
         n_slots = max(1, min(n_tiles, DBIAS_SLOT_BYTES // per_slot))
-        dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=dev)
-    sources, tma = _backward_sources(q, k, v, o, do, c, bd, dkdv_tables.visits * B * H)
-    _bwd_dkdv_kernel(
-        n_tiles * B * H,
-        *sources, lse, delta, dq, dk, dv, *dkdv_tables.args,
-        values, values if dbias is None else dbias, coords, stride_bias, bias_slots, n_slots,
-        *radii,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *do.stride(), *dq.stride(),
-        *dk.stride(), *dv.stride(),
-        N, H, N, D, n_tiles, scale * _LOG2E, scale,
-        FUSED_DQ=fused, **_pass_options(c, N, D, dkdv_tables, pass_bias, q.dtype, tma))
+        dbias = torch.zeros((n_slots, B, *values.shape), dtype=torch.float32, device=q.device)
+    dkdv_pass(inputs, (lse, delta, dq, dk, dv), pass_bias,
+              (values, values if dbias is None else dbias, coords, stride_bias, bias_slots,
+               n_slots, *radii))
     if dbias is None:
         return dq, dk, dv, None
     if pass_bias.tiles:  # fold the blocks into a table per row tile, then sum those
-        copies = torch.zeros((H, n_tiles * bias.table.shape[1]), dtype=torch.float32, device=dev)
+        copies = torch.zeros((H, n_tiles * bias.table.shape[1]), dtype=torch.float32,
+                             device=q.device)
         copies.index_add_(1, pass_bias.index, dbias.view(H, -1))
         return dq, dk, dv, copies.view(H, n_tiles, -1).sum(1)
     return dq, dk, dv, dbias.sum((0, 1))
@@ -693,16 +719,17 @@ def _tiles_handle(tiles, pattern: int, head_dim: int, dtype: torch.dtype) -> int
     return _TILE_INDEX[cfg]
 
 
-def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern) -> _BiasArgs:
-    return _BiasArgs.of(None if table is None else RelativeBias(table, coords), pattern)
+def _bias_args(table: Optional[Tensor], coords: Optional[Tensor], pattern: int) -> _BiasArgs:
+    if table is None:
+        return _NO_BIAS
+    return _BiasArgs.of(RelativeBias(table, coords), pattern_of_key(pattern))
 
 
 def _forward_impl(q: Tensor, k: Tensor, v: Tensor, table: Optional[Tensor],
                   coords: Optional[Tensor], pattern: int, scale: float,
                   tiles: int, token_major: bool) -> tuple[Tensor, Tensor]:
     """Output ``[B, H, N, D]`` (see ``_empty_output``) and log-sum-exp (fp32 ``[B, H, N]``)."""
-    pat = pattern_of_key(pattern)
-    return _forward(q, k, v, _bias_args(table, coords, pat), pat, scale, _TILE_CONFIGS[tiles].fwd,
+    return _forward(q, k, v, _bias_args(table, coords, pattern), pattern, scale, tiles,
                     token_major)
 
 
@@ -710,9 +737,8 @@ def _backward_impl(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: 
                    table: Optional[Tensor], coords: Optional[Tensor], pattern: int, scale: float,
                    tiles: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """dQ, dK, dV and the table's gradient (empty without a table)."""
-    pat = pattern_of_key(pattern)
-    dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, _bias_args(table, coords, pat), pat, scale,
-                                  _TILE_CONFIGS[tiles])
+    dq, dk, dv, dbias = _backward(do, q, k, v, o, lse, _bias_args(table, coords, pattern),
+                                  pattern, scale, tiles)
     dtable = q.new_empty(0) if dbias is None else dbias.to(table.dtype).view(table.shape)
     return dq, dk, dv, dtable
 
